@@ -1,0 +1,103 @@
+"""The load balancer as a mitmproxy addon: every request is answered by lb_core's gateway.
+
+Loads into ``bbb-lb run`` and into stock mitmdump/mitmweb (``-s addons/bbb_lb.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from mitmproxy import ctx, exceptions, http
+
+from lb_core import config as lb_config
+from lb_core.api import Answer, Request
+from lb_core.errors import request_too_large
+from lb_core.service import LoadBalancer
+
+log = logging.getLogger("bbb_lb.api")
+
+
+class BbbLoadBalancer:
+    """Owns the running LoadBalancer; turns flows into gateway calls and answers into responses."""
+
+    def __init__(self) -> None:
+        self.config: lb_config.Config | None = None
+        self.lb: LoadBalancer | None = None
+        self._starting: asyncio.Lock | None = None
+        self.on_answer: list = []  # other addons (annotations, metrics) see each answer
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option("bbb_config", str, "", "Path of the bbb-lb YAML configuration file.")
+        loader.add_option("bbb_poll", bool, True, "Poll the BBB servers for health and load.")
+
+    def configure(self, updated: set[str]) -> None:
+        if "bbb_config" in updated and ctx.options.bbb_config:
+            if self.lb is not None:
+                raise exceptions.OptionsError("bbb_config cannot change while bbb-lb runs; restart it")
+            try:
+                self.config = lb_config.load(ctx.options.bbb_config)
+            except lb_config.ConfigError as exc:
+                raise exceptions.OptionsError(str(exc)) from None
+
+    async def running(self) -> None:
+        await self.ensure_started()
+
+    async def ensure_started(self) -> LoadBalancer:
+        if self.lb is not None:
+            return self.lb
+        if self.config is None:
+            raise exceptions.OptionsError("set bbb_config to the bbb-lb YAML file (--set bbb_config=config.yaml)")
+        self._starting = self._starting or asyncio.Lock()
+        async with self._starting:
+            if self.lb is None:
+                self.lb = await LoadBalancer.start(self.config, poll=ctx.options.bbb_poll)
+        return self.lb
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or not flow.live or self.config is None:
+            return
+        length = flow.request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.config.max_body_bytes:
+            self.answer(flow, Answer.error(request_too_large()), 0.0)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        started = time.perf_counter()
+        lb = await self.ensure_started()
+        assert lb.gateway is not None
+        path, _, raw_query = flow.request.path.partition("?")
+        request = Request(
+            method=flow.request.method,
+            path=path,
+            raw_query=raw_query,
+            headers={k.lower(): v for k, v in flow.request.headers.items()},
+            body=flow.request.get_content(strict=False) or b"",
+            client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else "",
+        )
+        answer = await lb.gateway.handle(request)
+        self.answer(flow, answer, started)
+
+    def answer(self, flow: http.HTTPFlow, answer: Answer, started: float) -> None:
+        flow.response = http.Response.make(answer.status, answer.body, answer.headers)
+        flow.metadata["bbb_local"] = True
+        elapsed_ms = (time.perf_counter() - started) * 1000 if started else 0.0
+        log.info("call=%s integration=%s meetingID=%s server=%s route=%s result=%s status=%d ms=%.1f",
+                 answer.call or "-", answer.integration or "-", _quote(answer.meeting_id), answer.server or "-",
+                 answer.route, answer.result or "-", answer.status, elapsed_ms)
+        for listener in self.on_answer:
+            listener(flow, answer, elapsed_ms)
+
+    async def done(self) -> None:
+        if self.lb is not None:
+            await self.lb.stop()
+            self.lb = None
+
+
+def _quote(value: str) -> str:
+    if not value:
+        return "-"
+    value = value[:120].replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{value}"' if any(c.isspace() or c == "=" for c in value) else value

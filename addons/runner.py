@@ -1,0 +1,107 @@
+"""``bbb-lb run``: mitmproxy embedded in reverse mode with only the addons the load balancer needs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from mitmproxy import master, options
+from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
+
+from addons.lb import BbbLoadBalancer
+from lb_core.config import Config
+
+REPO = Path(__file__).resolve().parent.parent
+SIMULATOR = REPO / "scripts" / "bbbsim.py"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=LEVELS.get(level, logging.INFO), format=LOG_FORMAT, stream=sys.stderr, force=True)
+    for noisy in ("mitmproxy.proxy.server", "mitmproxy.proxy", "hpack"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def start_simulators(config: Config) -> subprocess.Popen[str] | None:
+    """Start the simulated BBB servers the config marks with ``simulate: true``."""
+    simulated = [s for s in config.servers if s.simulate]
+    if not simulated:
+        return None
+    spec = [{"name": s.name, "url": s.url, "secret": s.secret} for s in simulated]
+    handle, spec_path = tempfile.mkstemp(prefix="bbb-lb-sim-", suffix=".json")
+    with os.fdopen(handle, "w") as f:
+        json.dump(spec, f)
+    process = subprocess.Popen(
+        [sys.executable, str(SIMULATOR), "--spec", spec_path], stdout=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    os.unlink(spec_path)
+    if "ready" not in line:
+        process.kill()
+        raise RuntimeError(f"the BBB simulator did not start (exit code {process.wait()})")
+    logging.getLogger("bbb_lb").info("started %d simulated BBB servers: %s", len(simulated),
+                                     ", ".join(s.name for s in simulated))
+    return process
+
+
+def build_options(config: Config, web: bool) -> options.Options:
+    return options.Options(
+        mode=["reverse:http://127.0.0.1:9"],  # never contacted: every flow is answered by the addon
+        listen_host=config.listen_host,
+        listen_port=config.listen_port,
+    )
+
+
+async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_password: str = "",
+                save_file: str = "", extra_addons: list[object] | None = None) -> None:
+    opts = build_options(config, web)
+    lb = BbbLoadBalancer()
+    if web:
+        from mitmproxy.tools.web.master import WebMaster
+
+        m: master.Master = WebMaster(opts, with_termlog=False)
+        m.addons.add(lb, *(extra_addons or []))
+        opts.update(web_host="127.0.0.1", web_port=web_port, web_open_browser=False)
+        if web_password:
+            opts.update(web_password=web_password)
+    else:
+        m = master.Master(opts)
+        m.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
+                     errorcheck.ErrorCheck(repeat_errors_on_stderr=True), lb, *(extra_addons or []))
+        if save_file:
+            from mitmproxy.addons import save
+
+            m.addons.add(save.Save())
+    lb.config = config
+    opts.update(connection_strategy="lazy", body_size_limit=str(2 * config.max_body_bytes))  # hard backstop; the addon answers XML below it
+    if save_file:
+        opts.update(save_stream_file=save_file)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, m.shutdown)
+    await m.run()
+
+
+def run(config: Config, **kwargs: object) -> int:
+    setup_logging(config.log_level)
+    simulator = start_simulators(config)
+    try:
+        asyncio.run(serve(config, **kwargs))  # type: ignore[arg-type]
+    finally:
+        if simulator is not None:
+            simulator.terminate()
+            try:
+                simulator.wait(5)
+            except subprocess.TimeoutExpired:
+                simulator.kill()
+    return 0

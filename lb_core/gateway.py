@@ -1,0 +1,801 @@
+"""The load balancer's API: one entry point that turns a request into an answer.
+
+The mitmproxy addon hands every request to ``Gateway.handle``; nothing here knows of mitmproxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from lxml import etree
+
+from lb_core import __version__, bbbxml, checksum, errors
+from lb_core.api import (
+    ALLOWED_CONTENT_TYPES,
+    API_PREFIX,
+    CALLBACK_PREFIX,
+    DEFAULT_CONTENT_TYPES,
+    FORM,
+    JSON_CALLS,
+    KNOWN_CALLS,
+    Answer,
+    Call,
+    Request,
+)
+from lb_core.backend import BackendClient, BackendError, BackendReply
+from lb_core.balancer import Placement, place
+from lb_core.config import Config, IntegrationConfig
+from lb_core.errors import ApiError
+from lb_core.events import EventLog, EventQueryError, parse_query
+from lb_core.meetings import MeetingRecord, MeetingRegistry, meeting_key
+from lb_core.pool import Pool, Server
+from lb_core.query import RawQuery
+
+log = logging.getLogger("bbb_lb.gateway")
+
+RESERVED_META = {
+    "mconflb-guid", "mconflb-institution", "mconflb-institution-name",
+    "mconflb-rec-server", "mconflb-rec-server-url", "mconflb-rec-server-key",
+}
+LB_ONLY_PARAMS = ("preferredServer",)
+MAX_CREATE_ATTEMPTS = 3
+_VOICE_BRIDGE_ATTEMPTS = 200
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def is_success(root: etree._Element) -> bool:
+    return bbbxml.returncode(root) == "SUCCESS"
+
+
+class Gateway:
+    """Holds the pool, the meeting map and the event log, and answers every API call."""
+
+    def __init__(self, config: Config, pool: Pool, meetings: MeetingRegistry, events: EventLog,
+                 backend: BackendClient, instance_id: str,
+                 locate: Callable[[str], tuple[float, float] | None] | None = None) -> None:
+        self.config = config
+        self.pool = pool
+        self.meetings = meetings
+        self.events = events
+        self.backend = backend
+        self.instance_id = instance_id
+        self.locate = locate
+        self.integrations: dict[str, IntegrationConfig] = {i.name: i for i in config.integrations}
+        self.recordings: dict[str, str] = {}  # recordID -> server name, learned as we go
+        self._secrets: list[tuple[str, IntegrationConfig]] = []
+        self.set_integrations(list(config.integrations))
+        self._handlers: dict[str, Callable[[Call, Answer], Awaitable[Answer]]] = {
+            "create": self.create,
+            "join": self.join,
+            "end": self.end,
+            "isMeetingRunning": self.is_meeting_running,
+            "getMeetingInfo": self.get_meeting_info,
+            "insertDocument": self.routed_by_meeting,
+            "sendChatMessage": self.routed_by_meeting,
+            "getMeetings": self.get_meetings,
+            "getRecordings": self.get_recordings,
+            "publishRecordings": self.recordings_action,
+            "deleteRecordings": self.recordings_action,
+            "updateRecordings": self.recordings_action,
+            "getRecordingTextTracks": self.routed_by_recording,
+            "putRecordingTextTrack": self.routed_by_recording,
+            "getServers": self.get_servers,
+            "getMeetingEvents": self.get_meeting_events,
+            "getDefaultConfigXML": self.get_default_config_xml,
+            "setConfigXML": self.set_config_xml,
+        }
+        self.callback_handler: Callable[[Request], Awaitable[Answer]] | None = None
+
+    def set_integrations(self, integrations: list[IntegrationConfig]) -> None:
+        self.integrations = {i.name: i for i in integrations}
+        self._secrets = [(secret, i) for i in integrations for secret in i.secrets]
+
+    # --- entry point ---------------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> Answer:
+        try:
+            return await self._handle(request)
+        except ApiError as error:
+            return Answer.error(error)
+        except Exception:  # the last line of defence: never a traceback to the client
+            log.exception("unexpected error handling %s", request.path)
+            return Answer.error(errors.internal_error())
+
+    async def _handle(self, request: Request) -> Answer:
+        path = request.path
+        if path.startswith(CALLBACK_PREFIX) and self.callback_handler is not None:
+            return await self.callback_handler(request)
+        if path in (API_PREFIX, API_PREFIX + "/"):
+            return self.version()
+        if not path.startswith(API_PREFIX + "/"):
+            return Answer.error(ApiError("notFound", "There is no BigBlueButton API at this address.", 404))
+        name = path[len(API_PREFIX) + 1:]
+        if name.endswith(".xml"):
+            name = name[:-4]
+        if name not in KNOWN_CALLS:
+            return Answer.error(errors.unsupported_request(), call=name[:64])
+        info = Answer(200, b"", {}, call=name)
+        try:
+            if len(request.body) > self.config.max_body_bytes:
+                raise errors.request_too_large()
+            try:
+                call = self.verify(name, request)
+            except ApiError as error:
+                info.checksum = "missing" if error.message == errors.checksum_missing().message else (
+                    "mismatch" if error.message_key == "checksumError" else "n/a")
+                raise
+            info.integration = call.integration.name
+            info.checksum = "ok"
+            info.meeting_id = call.param("meetingID")
+            if not call.integration.enabled:
+                raise errors.permission_denied_access()
+            answer = await self._handlers[name](call, info)
+        except ApiError as error:
+            answer = Answer.error(error)
+        if answer is not info:
+            for attr in ("call", "integration", "meeting_id", "checksum", "route", "server", "decision", "backend"):
+                if not getattr(answer, attr) or getattr(answer, attr) == "n/a":
+                    setattr(answer, attr, getattr(info, attr))
+        return answer
+
+    def verify(self, name: str, request: Request) -> Call:
+        """Check the checksum as bbb-web does and find the integration that signed the call."""
+        if request.method not in ("GET", "POST", "HEAD"):
+            raise ApiError("unsupportedRequest", "This HTTP method is not supported.", 405)
+        content_type = request.content_type
+        body: bytes | None = request.body or None
+        if body is not None:
+            allowed = ALLOWED_CONTENT_TYPES.get(name, DEFAULT_CONTENT_TYPES)
+            if name == "setConfigXML":
+                allowed = {FORM}
+            if content_type not in allowed:
+                raise errors.unsupported_content_type()
+        raw_query = request.raw_query
+        form_text = ""
+        if body is not None and content_type == FORM:
+            try:
+                form_text = body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ApiError("invalidParameters", "The request body is not valid UTF-8.") from None
+        supplied = checksum.checksum_param(raw_query)
+        if supplied is None and form_text:
+            supplied = checksum.checksum_param(form_text)
+        if not supplied:
+            raise errors.checksum_missing()
+        signed = checksum.strip_checksum(raw_query, supplied)
+        options = [signed]
+        if not signed and form_text:
+            # Older servers verified form POSTs over the body: as sent, or re-encoded sorted.
+            stripped_body = checksum.strip_checksum(form_text, supplied)
+            options = [stripped_body, checksum.legacy_params_query(RawQuery.parse(stripped_body).pairs())]
+        for query_text in options:
+            owner = checksum.matching_owner(name, query_text, supplied, self._secrets,
+                                            self.config.checksum_algorithms)
+            if owner is not None:
+                break
+        else:
+            raise errors.checksum_mismatch()
+        query = RawQuery.parse(query_text)
+        pairs = query.pairs()
+        forward_body = body
+        if form_text:
+            if query_text == signed:
+                pairs += [p for p in RawQuery.parse(form_text).pairs() if p[0] != "checksum"]
+            else:
+                forward_body = None  # the body itself was signed: it travels as the query
+        forwarded_for = request.headers.get("x-forwarded-for", "")
+        return Call(name, request.method, query, pairs, forward_body, content_type, owner, request.client_ip,
+                    forwarded_for)
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def version(self) -> Answer:
+        body = bbbxml.success([
+            ("version", "2.0"), ("apiVersion", "2.0"), ("bbbVersion", ""),
+            ("custom", [("name", "bbb-lb"), ("version", __version__), ("deploy", 1),
+                        ("revision", _revision())]),
+        ])
+        return Answer.xml(body, call="version", result="SUCCESS")
+
+    def record_for(self, call: Call) -> MeetingRecord | None:
+        meeting_id = call.param("meetingID")
+        if not meeting_id:
+            raise errors.missing_meeting_id()
+        return self.meetings.get(call.integration.name, meeting_id)
+
+    async def forward(self, server: Server, call: Call, info: Answer, query: RawQuery | None = None,
+                      *, body: bytes | None = None, content_type: str | None = None,
+                      timeout_s: float | None = None) -> BackendReply:
+        """Send the call to ``server`` re-signed with its secret; record it on the answer."""
+        query = query if query is not None else call.query
+        forward_body = body if body is not None else call.body
+        method = "POST" if forward_body else "GET"
+        try:
+            reply = await self.backend.call(
+                server.config, call.name, query.text, method=method, body=forward_body,
+                content_type=content_type or (call.content_type if forward_body else None), timeout_s=timeout_s,
+            )
+        except BackendError as exc:
+            info.backend.append({"server": server.name, "call": call.name, "error": str(exc)})
+            raise
+        info.backend.append({"server": server.name, "call": call.name, "status": reply.status,
+                             "ms": round(reply.elapsed_ms, 2), "url": reply.url_without_checksum})
+        info.server = server.name
+        return reply
+
+    def relay(self, reply: BackendReply, info: Answer, call: Call) -> tuple[Answer, etree._Element | None]:
+        """Pass a backend answer back, as long as it is an API answer and not an error page."""
+        info.route = info.route if info.route != "local" else "routed"
+        content_type = reply.headers.get("Content-Type", "")
+        if call.name in JSON_CALLS and "json" in content_type and reply.status < 500:
+            info.status, info.body = reply.status, reply.body
+            info.headers = {"Content-Type": content_type}
+            info.result = "SUCCESS" if b'"SUCCESS"' in reply.body else "FAILED"
+            return info, None
+        if reply.status >= 400 or not reply.body.lstrip().startswith(b"<"):
+            raise errors.backend_error(
+                f"The BigBlueButton server answered HTTP {reply.status} instead of an API response.")
+        try:
+            root = bbbxml.parse(reply.body)
+        except bbbxml.XmlError:
+            raise errors.backend_error() from None
+        info.status, info.body, info.headers = 200, reply.body, dict(bbbxml.XML_HEADERS)
+        info.result = bbbxml.text_of(root, "messageKey") or bbbxml.returncode(root) or "SUCCESS"
+        return info, root
+
+    async def routed(self, server: Server, call: Call, info: Answer, query: RawQuery | None = None,
+                     **kwargs: Any) -> tuple[Answer, etree._Element | None]:
+        try:
+            reply = await self.forward(server, call, info, query, **kwargs)
+        except BackendError as exc:
+            raise errors.backend_timeout() if exc.timeout else errors.server_unavailable() from None
+        return self.relay(reply, info, call)
+
+    def server_of(self, record: MeetingRecord) -> Server:
+        server = self.pool.get(record.server)
+        if server is None or not server.healthy:
+            raise errors.server_unavailable()
+        return server
+
+    async def forget(self, record: MeetingRecord, ended_at: int | None = None) -> None:
+        if await self.meetings.forget(record):
+            server = self.pool.get(record.server)
+            if server is not None:
+                server.note_end(record.meeting_id)
+            if record.event_id:
+                self.events.ended(record.event_id, ended_at or now_ms())
+
+    # --- create ------------------------------------------------------------------------------------
+
+    async def create(self, call: Call, info: Answer) -> Answer:
+        meeting_id = call.param("meetingID")
+        if not meeting_id:
+            raise errors.missing_meeting_id()
+        if any(key in RESERVED_META for key in call.meta()):
+            raise errors.invalid_parameters()
+        integration = call.integration
+        if call.param("record").lower() == "true" and not integration.can_record:
+            raise errors.permission_denied_record()
+        key = meeting_key(integration.name, meeting_id)
+        while (pending := self.meetings.creation_in_progress(key)) is not None:
+            await asyncio.shield(pending)
+        record = self.meetings.get(integration.name, meeting_id)
+        if record is not None:
+            server = await self.still_usable(record, info)
+            if server is not None:
+                return await self.create_on(server, call, info, record)
+        limit = integration.max_meetings
+        if limit is not None and self.meetings.count(integration.name) + self.meetings.creating(integration.name) >= limit:
+            raise errors.permission_denied_meetings()
+        self.meetings.begin_creation(key)
+        created: MeetingRecord | None = None
+        try:
+            answer, created = await self.create_new(call, info)
+            return answer
+        finally:
+            self.meetings.end_creation(key, created)
+
+    async def still_usable(self, record: MeetingRecord, info: Answer) -> Server | None:
+        """The server of a known meeting, or None when the meeting must be placed anew."""
+        server = self.pool.get(record.server)
+        reason = ""
+        if server is None:
+            reason = "its server was removed"
+        elif not server.healthy:
+            reason = f"its server is {server.status.name.lower()}"
+        elif server.is_disabled or server.draining:
+            running = await self.is_running_on(server, record)
+            if running:
+                return server
+            reason = "its server is disabled or draining and the meeting is not running"
+        else:
+            return server
+        log.info("meeting %s of %s is placed anew: %s", record.meeting_id, record.integration, reason)
+        info.decision = {"replaced": record.server, "reason": reason}
+        await self.forget(record)
+        return None
+
+    async def is_running_on(self, server: Server, record: MeetingRecord) -> bool:
+        query = RawQuery.parse("meetingID=" + _encode(record.meeting_id))
+        try:
+            reply = await self.backend.call(server.config, "isMeetingRunning", query.text,
+                                            timeout_s=self.config.monitor.timeout_s)
+            return bbbxml.text_of(bbbxml.parse(reply.body), "running") == "true"
+        except (BackendError, bbbxml.XmlError):
+            return False
+
+    def requester_location(self, call: Call) -> tuple[float, float] | None:
+        if self.locate is None or not self.config.geo.prefer_nearby:
+            return None
+        address = call.client_ip
+        if call.forwarded_for and _trusted(call.client_ip, self.config.geo.trusted_proxies):
+            address = call.forwarded_for.split(",")[0].strip()
+        return self.locate(address)
+
+    def placement(self, call: Call, exclude: frozenset[str] = frozenset()) -> Placement:
+        meeting_id = call.param("meetingID")
+        # Another integration's meeting with the same ID must not share a server with this one.
+        others = frozenset(self.meetings.holders_of(meeting_id)) | exclude
+        return place(
+            self.pool, self.config.balancer, time.time(),
+            preferred=call.param("preferredServer") or None,
+            requester=self.requester_location(call),
+            nearby_km=self.config.geo.nearby_km,
+            exclude=others,
+        )
+
+    def create_query(self, call: Call, server: Server) -> RawQuery:
+        """The create a backend receives: LB-only parameters out, the LB's metadata in."""
+        query = call.query.without(*LB_ONLY_PARAMS)
+        query = query.without(*(f"meta_{k}" for k in RESERVED_META), lowercase=True)
+        voice_bridge = call.param("voiceBridge")
+        if voice_bridge and self.voice_bridge_taken(server, voice_bridge):
+            query = query.replaced("voiceBridge", self.free_voice_bridge(server))
+        query = query.appended("meta_mconflb-guid", self.instance_id)
+        query = query.appended("meta_mconflb-institution", call.integration.name)
+        return query.appended("meta_mconflb-institution-name", call.integration.name)
+
+    def voice_bridge_taken(self, server: Server, voice_bridge: str) -> bool:
+        return self.meetings.voice_bridge_in_use(server.name, voice_bridge) or voice_bridge in server.voice_bridges
+
+    def free_voice_bridge(self, server: Server) -> str:
+        for _ in range(_VOICE_BRIDGE_ATTEMPTS):
+            candidate = str(random.randint(70000, 79999))
+            if not self.voice_bridge_taken(server, candidate):
+                return candidate
+        raise ApiError("nonUniqueVoiceBridge", "No free voice bridge is left on the chosen server.")
+
+    async def create_on(self, server: Server, call: Call, info: Answer, record: MeetingRecord) -> Answer:
+        """A create for a meeting the LB already placed: the server answers with BBB's own semantics."""
+        answer, root = await self.routed(server, call, info, self.create_query(call, server))
+        if root is not None and is_success(root) and bbbxml.text_of(root, "messageKey") != "duplicateWarning":
+            # The server had forgotten the meeting and created it again: a new session.
+            await self.record_created(call, server, root, replaces=record)
+        return answer
+
+    async def create_new(self, call: Call, info: Answer) -> tuple[Answer, MeetingRecord | None]:
+        placement = self.placement(call)
+        info.decision = {**(info.decision or {}), **placement.explain()}
+        if not placement.order:
+            raise errors.no_server_available()
+        info.route = "routed"
+        tried: list[str] = []
+        for server in placement.order[:MAX_CREATE_ATTEMPTS]:
+            query = self.create_query(call, server)
+            meeting_id = call.param("meetingID")
+            server.note_create(meeting_id, time.time())
+            try:
+                reply = await self.forward(server, call, info, query)
+            except BackendError as exc:
+                server.note_end(meeting_id)
+                tried.append(f"{server.name}: {exc}")
+                log.warning("create of %s on %s failed, trying the next server: %s", meeting_id, server.name, exc)
+                continue
+            answer, root = self.relay(reply, info, call)
+            if root is None or not is_success(root):
+                server.note_end(meeting_id)
+                return answer, None
+            if tried:
+                info.decision["failover"] = tried
+            record = await self.record_created(call, server, root)
+            return answer, record
+        info.decision["failover"] = tried
+        raise errors.no_server_available()
+
+    async def record_created(self, call: Call, server: Server, root: etree._Element,
+                             replaces: MeetingRecord | None = None) -> MeetingRecord:
+        if replaces is not None:
+            await self.forget(replaces)
+        created_at = now_ms()
+        text = bbbxml.text_of
+        event_id = self.events.created(
+            integration=call.integration.name, meeting_id=call.param("meetingID"),
+            name=call.param("name") or call.param("meetingID"), at=created_at, server_name=server.name,
+            server_url=server.base_url, query=[p for p in call.pairs if p[0] != "checksum"],
+        )
+        record = MeetingRecord(
+            integration=call.integration.name, meeting_id=call.param("meetingID"), server=server.name,
+            created_at=created_at, name=call.param("name"), voice_bridge=text(root, "voiceBridge"),
+            moderator_pw=text(root, "moderatorPW"), attendee_pw=text(root, "attendeePW"),
+            internal_id=text(root, "internalMeetingID"), event_id=event_id,
+        )
+        await self.meetings.save(record)
+        if record.internal_id:
+            self.recordings[record.internal_id] = server.name
+        return record
+
+    # --- join and meeting calls ----------------------------------------------------------------------
+
+    async def join(self, call: Call, info: Answer) -> Answer:
+        record = self.record_for(call)
+        if record is None:
+            raise errors.not_found()
+        server = self.server_of(record)
+        info.server = server.name
+        role = call.param("role").upper()
+        password = call.param("password")
+        is_moderator = role == "MODERATOR" or (not role and password and password == record.moderator_pw)
+        if call.param("redirect").lower() == "false":
+            answer, root = await self.routed(server, call, info)
+            if root is not None and is_success(root):
+                self.note_join(server, record, call, bool(is_moderator))
+            return answer
+        self.note_join(server, record, call, bool(is_moderator))
+        location = self.backend.signed_url(server.config, "join", call.query.text)
+        info.route = "redirect"
+        info.result = "redirect"
+        return Answer(302, b"", {"Location": location, "Content-Type": bbbxml.CONTENT_TYPE,
+                                 "Cache-Control": "no-cache"},
+                      call=info.call, integration=info.integration, meeting_id=info.meeting_id,
+                      checksum=info.checksum, route="redirect", server=server.name, result="redirect")
+
+    def note_join(self, server: Server, record: MeetingRecord, call: Call, moderator: bool) -> None:
+        server.note_join()
+        if record.event_id:
+            self.events.joined(record.event_id, call.param("fullName"), "moderator" if moderator else "attendee",
+                               now_ms())
+
+    async def end(self, call: Call, info: Answer) -> Answer:
+        record = self.record_for(call)
+        if record is None:
+            raise errors.not_found()
+        server = self.server_of(record)
+        answer, root = await self.routed(server, call, info)
+        if root is not None and (is_success(root) or bbbxml.text_of(root, "messageKey") == "notFound"):
+            await self.forget(record)
+        return answer
+
+    async def is_meeting_running(self, call: Call, info: Answer) -> Answer:
+        record = self.record_for(call)
+        if record is None:
+            return Answer.xml(bbbxml.success([("running", False)]), result="SUCCESS")
+        answer, _ = await self.routed(self.server_of(record), call, info)
+        return answer
+
+    async def get_meeting_info(self, call: Call, info: Answer) -> Answer:
+        record = self.record_for(call)
+        if record is None:
+            raise errors.not_found()
+        answer, root = await self.routed(self.server_of(record), call, info)
+        if root is not None and bbbxml.text_of(root, "messageKey") == "notFound":
+            await self.forget(record)
+        return answer
+
+    async def routed_by_meeting(self, call: Call, info: Answer) -> Answer:
+        record = self.record_for(call)
+        if record is None:
+            raise errors.not_found()
+        answer, _ = await self.routed(self.server_of(record), call, info)
+        return answer
+
+    # --- merged calls ------------------------------------------------------------------------------------
+
+    def fan_out_servers(self) -> list[Server]:
+        """Every server that may hold meetings or recordings and is not known to be dead."""
+        return [s for s in self.pool if s.healthy]
+
+    async def fan_out(self, call_name: str, query: RawQuery, info: Answer,
+                      servers: list[Server] | None = None) -> list[tuple[Server, etree._Element]]:
+        """Ask servers concurrently; one that is down, slow or broken is left out, not fatal."""
+        servers = self.fan_out_servers() if servers is None else servers
+        timeout = self.config.monitor.timeout_s
+
+        async def one(server: Server) -> tuple[Server, etree._Element] | None:
+            started = time.perf_counter()
+            try:
+                reply = await self.backend.call(server.config, call_name, query.text, timeout_s=timeout)
+                root = bbbxml.parse(reply.body)
+            except (BackendError, bbbxml.XmlError) as exc:
+                info.backend.append({"server": server.name, "call": call_name, "error": str(exc)[:200]})
+                return None
+            info.backend.append({"server": server.name, "call": call_name, "status": reply.status,
+                                 "ms": round((time.perf_counter() - started) * 1000, 2)})
+            if not is_success(root):
+                return None
+            return server, root
+
+        results = await asyncio.gather(*(one(s) for s in servers))
+        info.route = "merged"
+        return [r for r in results if r is not None]
+
+    def visible_to(self, node: etree._Element, integration: IntegrationConfig) -> bool:
+        """Meetings and recordings carry the creating integration in their metadata."""
+        owner = node.findtext("metadata/mconflb-institution")
+        if owner is None or owner == "":
+            return integration.name == "default"
+        return owner == integration.name
+
+    async def get_meetings(self, call: Call, info: Answer) -> Answer:
+        results = await self.fan_out("getMeetings", RawQuery.parse(""), info)
+        parts: list[str] = []
+        for server, root in results:
+            for meeting in root.iterfind("meetings/meeting"):
+                if not self.visible_to(meeting, call.integration):
+                    continue
+                block = etree.SubElement(meeting, "server")
+                etree.SubElement(block, "name").text = server.name
+                etree.SubElement(block, "address").text = server.address
+                etree.SubElement(block, "url").text = server.base_url
+                parts.append(bbbxml.serialize(meeting))
+        info.result = "SUCCESS"
+        if not parts:
+            return _with_info(Answer.xml(bbbxml.success([
+                ("meetings", []), ("messageKey", "noMeetings"),
+                ("message", "no meetings were found on this server")])), info)
+        return _with_info(Answer.xml(bbbxml.success([("meetings", bbbxml.Raw("".join(parts)))])), info)
+
+    async def get_recordings(self, call: Call, info: Answer) -> Answer:
+        paging = {"offset", "limit"}
+        query = call.query.without(*paging)
+        offset = _non_negative(call.param("offset"), "offset", 0)
+        limit = _non_negative(call.param("limit"), "limit", None)
+        meta_filters = call.meta()
+        results = await self.fan_out("getRecordings", query, info)
+        found: list[tuple[str, etree._Element]] = []
+        for server, root in results:
+            for recording in root.iterfind("recordings/recording"):
+                if not self.visible_to(recording, call.integration):
+                    continue
+                if any(recording.findtext(f"metadata/{k}") != v for k, v in meta_filters.items()
+                       if _is_tag(k)):
+                    continue
+                record_id = recording.findtext("recordID") or ""
+                if record_id:
+                    self.recordings[record_id] = server.name
+                found.append((recording.findtext("startTime") or "0", recording))
+        found.sort(key=lambda item: int(item[0]) if item[0].isdigit() else 0)
+        selected = found[offset:] if limit is None else found[offset:offset + limit]
+        info.result = "SUCCESS"
+        if not selected:
+            return _with_info(Answer.xml(bbbxml.success([
+                ("recordings", []), ("messageKey", "noRecordings"),
+                ("message", "There are no recordings for the meeting(s).")])), info)
+        body = "".join(bbbxml.serialize(r) for _, r in selected)
+        return _with_info(Answer.xml(bbbxml.success([("recordings", bbbxml.Raw(body))])), info)
+
+    # --- recordings -------------------------------------------------------------------------------------------
+
+    async def locate_recordings(self, record_ids: list[str], call: Call, info: Answer) -> dict[str, list[str]]:
+        """Server name -> recordIDs it holds; unknown IDs are looked up on every server."""
+        by_server: dict[str, list[str]] = {}
+        unknown = [r for r in record_ids if r not in self.recordings or self.pool.get(self.recordings[r]) is None]
+        if unknown:
+            query = RawQuery.parse("recordID=" + _encode(",".join(unknown)) + "&state=any")
+            for server, root in await self.fan_out("getRecordings", query, info):
+                for recording in root.iterfind("recordings/recording"):
+                    record_id = recording.findtext("recordID") or ""
+                    if record_id in unknown and self.visible_to(recording, call.integration):
+                        self.recordings[record_id] = server.name
+        for record_id in record_ids:
+            server_name = self.recordings.get(record_id)
+            if server_name is None:
+                raise errors.recording_not_found()
+            by_server.setdefault(server_name, []).append(record_id)
+        return by_server
+
+    async def recordings_action(self, call: Call, info: Answer) -> Answer:
+        raw_ids = call.param("recordID")
+        if not raw_ids:
+            raise ApiError("missingParamRecordID", "You must specify one or more a record IDs.")
+        record_ids = [r for r in (s.strip() for s in raw_ids.split(",")) if r]
+        by_server = await self.locate_recordings(record_ids, call, info)
+        if len(by_server) == 1:
+            (server_name, _), = by_server.items()
+            server = self.pool.get(server_name)
+            if server is None:
+                raise errors.server_unavailable()
+            answer, _ = await self.routed(server, call, info)
+            return answer
+        # IDs spread over servers: each server gets its own subset, re-signed for it.
+        answers: list[etree._Element] = []
+        for server_name, ids in by_server.items():
+            server = self.pool.get(server_name)
+            if server is None:
+                raise errors.server_unavailable()
+            query = call.query.replaced("recordID", ",".join(ids))
+            answer, root = await self.routed(server, call, info, query)
+            if root is None or not is_success(root):
+                return answer
+            answers.append(root)
+        info.route = "merged"
+        return _with_info(Answer(200, bbbxml.serialize(answers[-1]).encode(), dict(bbbxml.XML_HEADERS)), info)
+
+    async def routed_by_recording(self, call: Call, info: Answer) -> Answer:
+        record_id = call.param("recordID")
+        if not record_id:
+            if call.name in JSON_CALLS:
+                return _json_error("missingParameter", "You must specify a recordID.")
+            raise ApiError("missingParamRecordID", "You must specify one or more a record IDs.")
+        try:
+            by_server = await self.locate_recordings([record_id], call, info)
+        except ApiError:
+            if call.name in JSON_CALLS:
+                return _json_error("noRecordings", "No recording found for " + record_id)
+            raise
+        server = self.pool.get(next(iter(by_server)))
+        if server is None:
+            raise errors.server_unavailable()
+        answer, _ = await self.routed(server, call, info)
+        return answer
+
+    # --- LB-only calls -------------------------------------------------------------------------------------------
+
+    async def get_servers(self, call: Call, info: Answer) -> Answer:
+        servers = []
+        for server in self.pool:
+            geo = server.geoloc
+            servers.append(("server", [
+                ("name", server.name), ("address", server.address), ("url", server.base_url),
+                ("apiUrl", server.api_url), ("status", int(server.status)),
+                ("disableState", int(server.disable_state)),
+                ("geoloc", [(key, geo.get(key, "")) for key in GEOLOC_FIELDS]),
+                ("isDisabled", server.is_disabled),
+            ]))
+        info.result = "SUCCESS"
+        return _with_info(Answer.xml(bbbxml.success([("servers", servers)])), info)
+
+    async def get_meeting_events(self, call: Call, info: Answer) -> Answer:
+        try:
+            query = parse_query(call.pairs)
+        except EventQueryError as exc:
+            raise errors.invalid_parameter(str(exc)) from None
+        found = self.events.query(call.integration.name, query)
+        info.result = "SUCCESS"
+        body = bbbxml.success([("events", [("event", e.to_xml_fields()) for e in found])])
+        return _with_info(Answer.xml(body), info)
+
+    # --- config.xml ----------------------------------------------------------------------------------------------
+
+    async def get_default_config_xml(self, call: Call, info: Answer) -> Answer:
+        candidates = [s for s in self.pool if s.healthy and not s.is_disabled] or self.fan_out_servers()
+        if not candidates:
+            raise errors.no_server_available()
+        server = candidates[0]
+        try:
+            reply = await self.forward(server, call, info)
+        except BackendError as exc:
+            raise errors.backend_timeout() if exc.timeout else errors.server_unavailable() from None
+        info.route = "routed"
+        try:
+            root = bbbxml.parse(reply.body)
+        except bbbxml.XmlError:
+            raise errors.backend_error() from None
+        if root.tag == "response":
+            return self.relay(reply, info, call)[0]
+        text = rewrite_urls(reply.body.decode("utf-8", "replace"), server.base_url, self.config.public_url)
+        info.result = "SUCCESS"
+        return _with_info(Answer(200, text.encode(), dict(bbbxml.XML_HEADERS)), info)
+
+    async def set_config_xml(self, call: Call, info: Answer) -> Answer:
+        record = self.record_for(call)
+        if record is None:
+            raise errors.not_found()
+        server = self.server_of(record)
+        config_xml = call.param("configXML")
+        if not config_xml:
+            raise ApiError("configXMLError", "You did not pass a config XML.")
+        try:
+            bbbxml.parse(config_xml.encode())
+        except bbbxml.XmlError:
+            raise ApiError("configXMLError", "The config XML is not valid XML.") from None
+        rewritten = rewrite_urls(config_xml, self.config.public_url, server.base_url)
+        pairs = [(k, rewritten if k == "configXML" else v) for k, v in call.pairs if k != "checksum"]
+        body_query = checksum.legacy_params_query(pairs)
+        signed = checksum.sign(call.name, body_query, server.config.secret, server.config.checksum)
+        try:
+            reply = await self.backend.call(server.config, call.name, "", method="POST", body=signed.encode(),
+                                            content_type=FORM)
+        except BackendError as exc:
+            raise errors.backend_timeout() if exc.timeout else errors.server_unavailable() from None
+        info.backend.append({"server": server.name, "call": call.name, "status": reply.status})
+        info.server = server.name
+        return self.relay(reply, info, call)[0]
+
+
+GEOLOC_FIELDS = ("address", "ip", "countryCode", "countryCode3", "countryName", "city", "latitude", "longitude",
+                 "continentCode")
+
+
+def rewrite_urls(text: str, from_base: str, to_base: str) -> str:
+    """Point every URL of one origin at another (config.xml between a server and the LB)."""
+    source, target = urlsplit(from_base), urlsplit(to_base)
+    pattern = re.compile(r"(\b[a-z][a-z0-9+.-]*://)" + re.escape(source.netloc) + r"(?=[/\"'<\s:?#]|$)", re.I)
+
+    def swap(match: re.Match[str]) -> str:
+        scheme = match.group(1)
+        if scheme.lower().rstrip(":/") in ("http", "https"):
+            return f"{target.scheme}://{target.netloc}"
+        return f"{scheme}{target.hostname}"
+
+    text = pattern.sub(swap, text)
+    return re.sub(r'(host=")' + re.escape(source.hostname or "") + '"', rf'\g<1>{target.hostname}"', text)
+
+
+def _with_info(answer: Answer, info: Answer) -> Answer:
+    for attr in ("call", "integration", "meeting_id", "checksum", "route", "server", "decision", "backend", "result"):
+        setattr(answer, attr, getattr(info, attr))
+    return answer
+
+
+def _json_error(key: str, message: str) -> Answer:
+    import json
+    body = json.dumps({"response": {"returncode": "FAILED", "messageKey": key, "message": message}}).encode()
+    return Answer(200, body, {"Content-Type": "application/json"}, result=key)
+
+
+def _non_negative(value: str, name: str, default: int | None) -> int | None:
+    if value == "":
+        return default
+    if not value.isdigit() or len(value) > 9:
+        raise errors.invalid_parameter(f"{name} must be a whole number")
+    return int(value)
+
+
+def _is_tag(key: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", key))
+
+
+def _encode(value: str) -> str:
+    from lb_core.query import encode_value
+    return encode_value(value)
+
+
+def _trusted(address: str, proxies: tuple[str, ...]) -> bool:
+    import ipaddress
+    try:
+        ip = ipaddress.ip_address(address)
+        return any(ip in ipaddress.ip_network(p, strict=False) for p in proxies)
+    except ValueError:
+        return False
+
+
+@functools.cache
+def _revision() -> str:
+    """The git commit this code runs from, read from the checkout's files (no subprocess)."""
+    git = Path(__file__).resolve().parent.parent / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if head.startswith("ref: "):
+            ref = head[5:]
+            ref_file = git / ref
+            if ref_file.exists():
+                return ref_file.read_text().strip()
+            for line in (git / "packed-refs").read_text().splitlines():
+                if line.endswith(" " + ref):
+                    return line.split()[0]
+            return ""
+        return head
+    except OSError:
+        return ""

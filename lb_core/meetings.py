@@ -1,0 +1,140 @@
+"""Which server holds which meeting: the routing state, kept durable through the store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lb_core.store import Store
+
+TABLE = "meetings"
+
+
+@dataclass(frozen=True, slots=True)
+class MeetingRecord:
+    integration: str
+    meeting_id: str
+    server: str
+    created_at: int  # milliseconds since the epoch, as BBB counts
+    name: str = ""
+    voice_bridge: str = ""
+    moderator_pw: str = ""
+    attendee_pw: str = ""
+    internal_id: str = ""
+    event_id: str = ""
+    callbacks: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return meeting_key(self.integration, self.meeting_id)
+
+    def to_doc(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> MeetingRecord:
+        known = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def meeting_key(integration: str, meeting_id: str) -> str:
+    # Integration names cannot hold a space, so the key is unambiguous.
+    return f"{integration} {meeting_id}"
+
+
+class MeetingRegistry:
+    """Meetings by integration and ID, with per-server indexes the balancer and poller need."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._meetings: dict[str, MeetingRecord] = {}
+        self._by_server: dict[str, set[str]] = defaultdict(set)
+        self._voice_bridges: dict[str, dict[str, str]] = defaultdict(dict)
+        self._by_meeting_id: dict[str, set[str]] = defaultdict(set)
+        self._creating: dict[str, asyncio.Future[MeetingRecord | None]] = {}
+
+    async def load(self) -> None:
+        for doc in (await self.store.all(TABLE)).values():
+            try:
+                self._index(MeetingRecord.from_doc(doc))
+            except TypeError:
+                continue
+
+    def _index(self, record: MeetingRecord) -> None:
+        old = self._meetings.get(record.key)
+        if old is not None:
+            self._unindex(old)
+        self._meetings[record.key] = record
+        self._by_server[record.server].add(record.key)
+        self._by_meeting_id[record.meeting_id].add(record.key)
+        if record.voice_bridge:
+            self._voice_bridges[record.server][record.voice_bridge] = record.key
+
+    def _unindex(self, record: MeetingRecord) -> None:
+        self._meetings.pop(record.key, None)
+        self._by_server[record.server].discard(record.key)
+        holders = self._by_meeting_id.get(record.meeting_id)
+        if holders is not None:
+            holders.discard(record.key)
+            if not holders:
+                del self._by_meeting_id[record.meeting_id]
+        bridges = self._voice_bridges[record.server]
+        if bridges.get(record.voice_bridge) == record.key:
+            del bridges[record.voice_bridge]
+
+    def get(self, integration: str, meeting_id: str) -> MeetingRecord | None:
+        return self._meetings.get(meeting_key(integration, meeting_id))
+
+    def on_server(self, server: str) -> list[MeetingRecord]:
+        return [self._meetings[k] for k in self._by_server.get(server, ()) if k in self._meetings]
+
+    def by_integration(self, integration: str) -> list[MeetingRecord]:
+        return [m for m in self._meetings.values() if m.integration == integration]
+
+    def holders_of(self, meeting_id: str) -> set[str]:
+        """Servers where any integration runs a meeting with this ID (backend IDs must not clash)."""
+        return {self._meetings[k].server for k in self._by_meeting_id.get(meeting_id, ())}
+
+    def voice_bridge_in_use(self, server: str, voice_bridge: str) -> bool:
+        return voice_bridge in self._voice_bridges.get(server, {})
+
+    def count(self, integration: str | None = None) -> int:
+        if integration is None:
+            return len(self._meetings)
+        return sum(1 for m in self._meetings.values() if m.integration == integration)
+
+    def __len__(self) -> int:
+        return len(self._meetings)
+
+    async def save(self, record: MeetingRecord) -> None:
+        self._index(record)
+        await self.store.put(TABLE, record.key, record.to_doc())
+
+    async def forget(self, record: MeetingRecord) -> bool:
+        current = self._meetings.get(record.key)
+        if current is None or current.server != record.server:
+            return False
+        self._unindex(current)
+        await self.store.delete(TABLE, record.key)
+        return True
+
+    # Two concurrent creates of one new meeting must end on one server: the first does the work,
+    # the others wait for its outcome.
+    def creation_in_progress(self, key: str) -> asyncio.Future[MeetingRecord | None] | None:
+        return self._creating.get(key)
+
+    def creating(self, integration: str) -> int:
+        prefix = integration + " "
+        return sum(1 for key in self._creating if key.startswith(prefix))
+
+    def begin_creation(self, key: str) -> asyncio.Future[MeetingRecord | None]:
+        future: asyncio.Future[MeetingRecord | None] = asyncio.get_running_loop().create_future()
+        self._creating[key] = future
+        return future
+
+    def end_creation(self, key: str, record: MeetingRecord | None) -> None:
+        future = self._creating.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(record)

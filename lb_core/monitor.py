@@ -1,0 +1,125 @@
+"""The poller: asks every server for its meetings and load, and learns which meetings ended.
+
+It runs as one background task, polls servers concurrently (bounded), and never blocks the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from lb_core import bbbxml
+from lb_core.backend import BackendClient, BackendError
+from lb_core.config import Config
+from lb_core.meetings import MeetingRecord, MeetingRegistry
+from lb_core.pool import MeetingLoad, Pool, Server, Status
+
+log = logging.getLogger("bbb_lb.monitor")
+
+
+def _count(node, tag: str) -> int:  # type: ignore[no-untyped-def]
+    text = (node.findtext(tag) or "0").strip()
+    return int(text) if text.isdigit() else 0
+
+
+class Monitor:
+    def __init__(self, config: Config, pool: Pool, meetings: MeetingRegistry, backend: BackendClient,
+                 forget: Callable[[MeetingRecord, int | None], Awaitable[None]]) -> None:
+        self.config = config
+        self.pool = pool
+        self.meetings = meetings
+        self.backend = backend
+        self.forget = forget
+        self.polls_total = 0
+        self._task: asyncio.Task[None] | None = None
+        self._semaphore = asyncio.Semaphore(config.monitor.concurrency)
+        self._wake = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="bbb-lb-monitor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def poll_soon(self) -> None:
+        """Poll now rather than at the next interval (a server was added or re-enabled)."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self.poll_all()
+            except Exception:
+                log.exception("poll round failed")
+            delay = max(0.0, self.config.monitor.interval_s - (time.monotonic() - started))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def poll_all(self) -> None:
+        await asyncio.gather(*(self._bounded(server) for server in self.pool))
+        self.polls_total += 1
+
+    async def _bounded(self, server: Server) -> None:
+        async with self._semaphore:
+            await self.poll(server)
+
+    async def poll(self, server: Server) -> None:
+        monitor = self.config.monitor
+        started = time.time()
+        if server.status == Status.UNDEFINED:
+            server.status = Status.PENDING
+        try:
+            reply = await self.backend.call(server.config, "getMeetings", "", timeout_s=monitor.timeout_s)
+        except BackendError as exc:
+            self._failed(server, str(exc), unreachable=exc.refused or exc.timeout)
+            return
+        if reply.status != 200:
+            self._failed(server, f"HTTP {reply.status}", unreachable=False)
+            return
+        try:
+            root = bbbxml.parse(reply.body)
+        except bbbxml.XmlError as exc:
+            self._failed(server, f"unreadable answer: {exc}", unreachable=False)
+            return
+        if bbbxml.returncode(root) != "SUCCESS":
+            self._failed(server, f"FAILED {bbbxml.text_of(root, 'messageKey')}", unreachable=False)
+            return
+        meetings: dict[str, MeetingLoad] = {}
+        bridges: set[str] = set()
+        for meeting in root.iterfind("meetings/meeting"):
+            meeting_id = meeting.findtext("meetingID") or ""
+            if (meeting.findtext("hasBeenForciblyEnded") or "") == "true" or meeting.findtext("endTime") not in (
+                None, "", "0"
+            ):
+                continue
+            meetings[meeting_id] = MeetingLoad(
+                participants=_count(meeting, "participantCount"),
+                voice=_count(meeting, "voiceParticipantCount"),
+                video=_count(meeting, "videoCount"),
+            )
+            if bridge := (meeting.findtext("voiceBridge") or "").strip():
+                bridges.add(bridge)
+        was = server.status
+        server.record_poll_success(meetings, monitor, started, self.config.balancer.warmup_s)
+        server.voice_bridges = bridges
+        if was != server.status:
+            log.info("server %s is %s", server.name, server.status.name.lower())
+        # Meetings the LB placed here that the server no longer has have ended.
+        created_before_poll = int(started * 1000)
+        for record in self.meetings.on_server(server.name):
+            if record.meeting_id not in meetings and record.created_at < created_before_poll:
+                await self.forget(record, None)
+
+    def _failed(self, server: Server, error: str, *, unreachable: bool) -> None:
+        was = server.status
+        server.record_poll_failure(error, unreachable, self.config.monitor)
+        if was != server.status:
+            log.warning("server %s is %s: %s", server.name, server.status.name.lower(), error)

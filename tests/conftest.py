@@ -1,0 +1,229 @@
+"""Fixtures for end-to-end tests: simulated BBB servers and real ``bbb-lb run`` processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+import yaml
+
+from lb_core import checksum
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@dataclass
+class HttpReply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def xml(self):  # type: ignore[no-untyped-def]
+        from lb_core import bbbxml
+        return bbbxml.parse(self.body)
+
+    def field(self, path: str) -> str:
+        return self.xml().findtext(path) or ""
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
+def http(url: str, *, method: str = "GET", data: bytes | None = None, headers: dict[str, str] | None = None,
+         timeout: float = 15.0) -> HttpReply:
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with _opener.open(request, timeout=timeout) as response:
+            return HttpReply(response.status, dict(response.headers), response.read())
+    except urllib.error.HTTPError as error:
+        return HttpReply(error.code, dict(error.headers), error.read())
+
+
+@dataclass
+class Simulator:
+    control_url: str
+    servers: list[dict[str, Any]]
+    process: subprocess.Popen[str]
+
+    def control(self, path: str, body: dict[str, Any] | None = None, method: str | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        reply = http(self.control_url + path, method=method or ("POST" if data is not None else "GET"), data=data,
+                     headers={"Content-Type": "application/json"})
+        assert reply.status < 300, (path, reply.status, reply.text)
+        return json.loads(reply.body) if reply.body else None
+
+    def reset(self) -> None:
+        self.control("/reset", {})
+
+    def fault(self, name: str, mode: str, delay_ms: int = 0) -> None:
+        self.control(f"/servers/{name}/fault", {"mode": mode, "delay_ms": delay_ms})
+
+    def meetings(self, name: str) -> list[str]:
+        return next(s["meetings"] for s in self.control("/servers") if s["name"] == name)
+
+    def requests(self, name: str) -> list[dict[str, Any]]:
+        return self.control(f"/servers/{name}/requests")
+
+
+def start_simulator(count: int, *, algorithms: dict[int, str] | None = None) -> Simulator:
+    ports = [free_port() for _ in range(count)]
+    control_port = free_port()
+    servers = [{"name": f"bbb{i + 1}", "url": f"http://127.0.0.1:{port}/bigbluebutton/", "secret": f"secret-{i + 1}"}
+               for i, port in enumerate(ports)]
+    spec = REPO / "data" / f"sim-{control_port}.json"
+    spec.parent.mkdir(exist_ok=True)
+    spec.write_text(json.dumps(servers))
+    process = subprocess.Popen([sys.executable, str(REPO / "scripts" / "bbbsim.py"), "--spec", str(spec),
+                                "--control-port", str(control_port)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    spec.unlink()
+    assert "ready" in line, f"simulator did not start: {line!r}"
+    return Simulator(f"http://127.0.0.1:{control_port}", servers, process)
+
+
+@pytest.fixture(scope="session")
+def sim() -> Iterator[Simulator]:
+    simulator = start_simulator(5)
+    yield simulator
+    simulator.process.terminate()
+    simulator.process.wait(10)
+
+
+@dataclass
+class LB:
+    """A real ``bbb-lb run`` process."""
+
+    config_path: Path
+    config: dict[str, Any]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    secret: str = "lb-secret"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def port(self) -> int:
+        return int(self.config["listen"]["port"])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api(self) -> str:
+        return self.url + "/bigbluebutton/api/"
+
+    def start(self) -> LB:
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the process owns it
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "addons.cli", "run", "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+        def up() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"bbb-lb exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                return http(self.api.rstrip("/"), timeout=1).status == 200
+            except OSError:
+                return False
+
+        wait_for(up, 20, what="bbb-lb to answer")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        code = self.process.wait(15)
+        self.process = None
+        return code
+
+    def restart(self) -> LB:
+        self.stop()
+        return self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def sign(self, call: str, query: str = "", secret: str | None = None, algorithm: str = "sha1") -> str:
+        return f"{self.api}{call}?{checksum.sign(call, query, secret or self.secret, algorithm)}"
+
+    def call(self, call: str, params: dict[str, Any] | list[tuple[str, Any]] | str = "",
+             secret: str | None = None, algorithm: str = "sha256", **kwargs: Any) -> HttpReply:
+        query = params if isinstance(params, str) else urlencode(params)
+        return http(self.sign(call, query, secret, algorithm), **kwargs)
+
+
+def make_lb(tmp_path: Path, sim: Simulator, servers: list[int] | None = None, **overrides: Any) -> LB:
+    chosen = sim.servers if servers is None else [sim.servers[i] for i in servers]
+    config: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": free_port()},
+        "secret": "lb-secret",
+        "servers": [dict(s) for s in chosen],
+        "store": {"path": str(tmp_path / "lb.json")},
+        "monitor": {"interval_s": 0.5, "timeout_s": 1.0, "down_after": 2, "up_after": 2},
+    }
+    config.update(overrides)
+    return LB(tmp_path / "config.yaml", config, tmp_path / "lb.log")
+
+
+@pytest.fixture
+def lb_factory(tmp_path: Path, sim: Simulator) -> Iterator[Any]:
+    started: list[LB] = []
+
+    def factory(**kwargs: Any) -> LB:
+        sim.reset()
+        lb = make_lb(tmp_path, sim, **kwargs)
+        started.append(lb)
+        return lb.start()
+
+    yield factory
+    for lb in started:
+        if lb.process is not None:
+            lb.stop()
+
+
+@pytest.fixture
+def lb(lb_factory) -> LB:  # type: ignore[no-untyped-def]
+    return lb_factory()
