@@ -1,14 +1,40 @@
-"""The ``bbb-lb`` command."""
+"""The ``bbb-lb`` command. Sub-commands beyond ``run`` live in their own modules (``COMMAND_MODULES``)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from lb_core import config as lb_config
 
+# Each module has ``register(subparsers)`` adding parsers whose ``handler`` takes the parsed args.
+COMMAND_MODULES: list[str] = []
 
-def main(argv: list[str] | None = None) -> int:
+
+def load_config(path: str) -> lb_config.Config:
+    try:
+        return lb_config.load(path)
+    except lb_config.ConfigError as exc:
+        print(f"bbb-lb: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    from addons.runner import run as run_lb
+
+    return run_lb(config, web=args.web, web_port=args.web_port, web_password=args.web_password,
+                  save_file=args.save)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(f"{args.config}: OK ({len(config.servers)} servers, {len(config.integrations)} integrations)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bbb-lb", description="A BigBlueButton load balancer built on mitmproxy.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -18,23 +44,20 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--web-port", type=int, default=8081)
     run.add_argument("--web-password", default="", help="mitmweb password (default: a token is printed)")
     run.add_argument("--save", default="", help="save flows to this file (mitmproxy format)")
+    run.set_defaults(handler=cmd_run)
 
     check = commands.add_parser("check-config", help="validate the configuration and exit")
     check.add_argument("--config", default="config.yaml")
+    check.set_defaults(handler=cmd_check_config)
 
-    args = parser.parse_args(argv)
-    try:
-        config = lb_config.load(args.config)
-    except lb_config.ConfigError as exc:
-        print(f"bbb-lb: {exc}", file=sys.stderr)
-        return 2
-    if args.command == "check-config":
-        print(f"{args.config}: OK ({len(config.servers)} servers, {len(config.integrations)} integrations)")
-        return 0
-    from addons.runner import run as run_lb
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(commands)
+    return parser
 
-    return run_lb(config, web=args.web, web_port=args.web_port, web_password=args.web_password,
-                  save_file=args.save)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args) or 0)
 
 
 if __name__ == "__main__":

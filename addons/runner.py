@@ -15,6 +15,7 @@ from pathlib import Path
 from mitmproxy import master, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 
+from addons.bbb_lb import make_addons
 from addons.lb import BbbLoadBalancer
 from lb_core.config import Config
 
@@ -65,19 +66,21 @@ def build_options(config: Config, web: bool) -> options.Options:
 async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_password: str = "",
                 save_file: str = "", extra_addons: list[object] | None = None) -> None:
     opts = build_options(config, web)
-    lb = BbbLoadBalancer()
+    chain = make_addons() + list(extra_addons or [])
+    lb = chain[0]
+    assert isinstance(lb, BbbLoadBalancer)
     if web:
         from mitmproxy.tools.web.master import WebMaster
 
         m: master.Master = WebMaster(opts, with_termlog=False)
-        m.addons.add(lb, *(extra_addons or []))
+        m.addons.add(*chain)
         opts.update(web_host="127.0.0.1", web_port=web_port, web_open_browser=False)
         if web_password:
             opts.update(web_password=web_password)
     else:
         m = master.Master(opts)
         m.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
-                     errorcheck.ErrorCheck(repeat_errors_on_stderr=True), lb, *(extra_addons or []))
+                     errorcheck.ErrorCheck(repeat_errors_on_stderr=True), *chain)
         if save_file:
             from mitmproxy.addons import save
 

@@ -27,12 +27,14 @@ def _count(node, tag: str) -> int:  # type: ignore[no-untyped-def]
 
 class Monitor:
     def __init__(self, config: Config, pool: Pool, meetings: MeetingRegistry, backend: BackendClient,
-                 forget: Callable[[MeetingRecord, int | None], Awaitable[None]]) -> None:
+                 forget: Callable[[MeetingRecord, int | None], Awaitable[None]],
+                 after_poll: Callable[[Server], Awaitable[None]] | None = None) -> None:
         self.config = config
         self.pool = pool
         self.meetings = meetings
         self.backend = backend
         self.forget = forget
+        self.after_poll = after_poll
         self.polls_total = 0
         self._task: asyncio.Task[None] | None = None
         self._semaphore = asyncio.Semaphore(config.monitor.concurrency)
@@ -117,6 +119,8 @@ class Monitor:
         for record in self.meetings.on_server(server.name):
             if record.meeting_id not in meetings and record.created_at < created_before_poll:
                 await self.forget(record, None)
+        if self.after_poll is not None:
+            await self.after_poll(server)
 
     def _failed(self, server: Server, error: str, *, unreachable: bool) -> None:
         was = server.status
