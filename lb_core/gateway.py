@@ -729,18 +729,27 @@ GEOLOC_FIELDS = ("address", "ip", "countryCode", "countryCode3", "countryName", 
 
 
 def rewrite_urls(text: str, from_base: str, to_base: str) -> str:
-    """Point every URL of one origin at another (config.xml between a server and the LB)."""
+    """Point every address of one origin at another (config.xml between a server and the LB).
+
+    config.xml names a server as ``http(s)://host[:port]``, ``rtmp://host``, a bare ``host:port`` or a
+    bare ``host`` attribute value; each form is mapped, so the LB's rewrite can be undone exactly.
+    """
     source, target = urlsplit(from_base), urlsplit(to_base)
-    pattern = re.compile(r"(\b[a-z][a-z0-9+.-]*://)" + re.escape(source.netloc) + r"(?=[/\"'<\s:?#]|$)", re.I)
+    host, netloc = source.hostname or "", source.netloc
+    to_host = target.hostname or ""
+    end = r"(?=[/\"'<\s?#]|$)"
 
     def swap(match: re.Match[str]) -> str:
         scheme = match.group(1)
-        if scheme.lower().rstrip(":/") in ("http", "https"):
+        if scheme.lower() in ("http://", "https://"):
             return f"{target.scheme}://{target.netloc}"
-        return f"{scheme}{target.hostname}"
+        return f"{scheme}{to_host}"
 
-    text = pattern.sub(swap, text)
-    return re.sub(r'(host=")' + re.escape(source.hostname or "") + '"', rf'\g<1>{target.hostname}"', text)
+    text = re.sub(r"(\b[a-z][a-z0-9+.-]*://)" + re.escape(netloc) + end, swap, text, flags=re.I)
+    if netloc != host:
+        text = re.sub(r"(\b[a-z][a-z0-9+.-]*://)" + re.escape(host) + r"(?=[/\"'<\s?#]|$)", swap, text, flags=re.I)
+        text = re.sub(r"(?<![\w.:/-])" + re.escape(netloc) + r"(?![\w.:-])", target.netloc, text)
+    return re.sub(r'="' + re.escape(host) + '"', f'="{to_host}"', text)
 
 
 def _with_info(answer: Answer, info: Answer) -> Answer:

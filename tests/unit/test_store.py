@@ -1,0 +1,59 @@
+import asyncio
+import json
+
+from tinydb import TinyDB
+
+from lb_core.meetings import MeetingRecord, MeetingRegistry
+from lb_core.store import TinyDbStore
+
+
+async def test_put_is_durable_and_readable_by_tinydb(tmp_path):
+    path = tmp_path / "lb.json"
+    store = TinyDbStore(str(path))
+    await store.open()
+    await store.put("meetings", "default m1", {"server": "bbb1"})
+    await asyncio.gather(*(store.put("meetings", f"default m{i}", {"server": "bbb2"}) for i in range(2, 50)))
+    assert await store.put_if_absent("meetings", "default m1", {"server": "other"}) == {"server": "bbb1"}
+    await store.delete("meetings", "default m3")
+    # Durable before close: what is on disk now is a valid TinyDB file with every write.
+    table = TinyDB(str(path)).table("meetings")
+    keys = {doc["_key"] for doc in table.all()}
+    assert len(keys) == 48 and "default m3" not in keys
+    await store.close()
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
+async def test_registry_round_trip(tmp_path):
+    store = TinyDbStore(str(tmp_path / "lb.json"))
+    await store.open()
+    registry = MeetingRegistry(store)
+    record = MeetingRecord("default", "room", "bbb2", 123, voice_bridge="71234")
+    await registry.save(record)
+    await store.close()
+    store = TinyDbStore(str(tmp_path / "lb.json"))
+    await store.open()
+    again = MeetingRegistry(store)
+    await again.load()
+    assert again.get("default", "room") == record
+    assert again.voice_bridge_in_use("bbb2", "71234") and not again.voice_bridge_in_use("bbb1", "71234")
+    assert again.holders_of("room") == {"bbb2"}
+    assert await again.forget(record)
+    assert again.get("default", "room") is None and again.holders_of("room") == set()
+    await store.close()
+
+
+async def test_a_leftover_temp_file_is_ignored_and_a_corrupt_file_is_reported(tmp_path):
+    path = tmp_path / "lb.json"
+    path.write_text(json.dumps({"meetings": {"1": {"_key": "default x", "server": "s"}}}))
+    (tmp_path / "lb.json.tmp-999").write_text("{half")
+    store = TinyDbStore(str(path))
+    await store.open()
+    assert await store.get("meetings", "default x") == {"server": "s"}
+    await store.close()
+    path.write_text("{not json")
+    broken = TinyDbStore(str(path))
+    try:
+        await broken.open()
+        raise AssertionError("a corrupt store must not be opened silently")
+    except Exception as exc:
+        assert "not a valid TinyDB file" in str(exc)
