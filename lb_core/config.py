@@ -104,6 +104,7 @@ class Config:
     geo: GeoConfig = field(default_factory=GeoConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     log_level: str = "info"
+    callback_retry_delays_s: tuple[float, ...] = (1, 2, 5, 10, 30, 60, 120, 300, 600)
 
     @property
     def default_integration(self) -> IntegrationConfig:
@@ -386,6 +387,16 @@ def parse(data: Any, source: str = "config.yaml", base_dir: Path | None = None) 
         raise a.fail("token", "must be at least 16 characters")
     a.done()
 
+    cb = top.mapping("callbacks")
+    delays = cb._raw("retry_delays_s")
+    if delays is None:
+        delays = [1, 2, 5, 10, 30, 60, 120, 300, 600]
+    if not isinstance(delays, list) or not delays or not all(
+        isinstance(d, int | float) and not isinstance(d, bool) and d >= 0 for d in delays
+    ):
+        raise cb.fail("retry_delays_s", "must be a non-empty list of seconds")
+    cb.done()
+
     log_level = top.string("log_level", "info") or "info"
     if log_level not in ("debug", "info", "warn", "error"):
         raise top.fail("log_level", "must be debug, info, warn or error")
@@ -410,6 +421,7 @@ def parse(data: Any, source: str = "config.yaml", base_dir: Path | None = None) 
         geo=geo,
         admin=admin,
         log_level=log_level,
+        callback_retry_delays_s=tuple(float(d) for d in delays),
     )
 
 

@@ -33,6 +33,7 @@ from lb_core.api import (
 )
 from lb_core.backend import BackendClient, BackendError, BackendReply
 from lb_core.balancer import Placement, place
+from lb_core.callbacks import Callbacks, PendingCallback
 from lb_core.config import Config, IntegrationConfig
 from lb_core.errors import ApiError
 from lb_core.events import EventLog, EventQueryError, parse_query
@@ -73,7 +74,8 @@ class Gateway:
         self.instance_id = instance_id
         self.locate = locate
         self.integrations: dict[str, IntegrationConfig] = {i.name: i for i in config.integrations}
-        self.recordings: dict[str, str] = {}  # recordID -> server name, learned as we go
+        # recordID -> (server name, owning integration), learned from creates and recording listings.
+        self.recordings: dict[str, tuple[str, str]] = {}
         self._secrets: list[tuple[str, IntegrationConfig]] = []
         self.set_integrations(list(config.integrations))
         self._handlers: dict[str, Callable[[Call, Answer], Awaitable[Answer]]] = {
@@ -96,7 +98,7 @@ class Gateway:
             "getDefaultConfigXML": self.get_default_config_xml,
             "setConfigXML": self.set_config_xml,
         }
-        self.callback_handler: Callable[[Request], Awaitable[Answer]] | None = None
+        self.callbacks: Callbacks | None = None
 
     def set_integrations(self, integrations: list[IntegrationConfig]) -> None:
         self.integrations = {i.name: i for i in integrations}
@@ -115,8 +117,8 @@ class Gateway:
 
     async def _handle(self, request: Request) -> Answer:
         path = request.path
-        if path.startswith(CALLBACK_PREFIX) and self.callback_handler is not None:
-            return await self.callback_handler(request)
+        if path.startswith(CALLBACK_PREFIX) and self.callbacks is not None:
+            return await self.callbacks.handle(request)
         if path in (API_PREFIX, API_PREFIX + "/"):
             return self.version()
         if not path.startswith(API_PREFIX + "/"):
@@ -356,8 +358,8 @@ class Gateway:
             exclude=others,
         )
 
-    def create_query(self, call: Call, server: Server) -> RawQuery:
-        """The create a backend receives: LB-only parameters out, the LB's metadata in."""
+    def create_query(self, call: Call, server: Server) -> tuple[RawQuery, list[PendingCallback]]:
+        """The create a backend receives: LB-only parameters out, the LB's metadata and callbacks in."""
         query = call.query.without(*LB_ONLY_PARAMS)
         query = query.without(*(f"meta_{k}" for k in RESERVED_META), lowercase=True)
         voice_bridge = call.param("voiceBridge")
@@ -365,7 +367,10 @@ class Gateway:
             query = query.replaced("voiceBridge", self.free_voice_bridge(server))
         query = query.appended("meta_mconflb-guid", self.instance_id)
         query = query.appended("meta_mconflb-institution", call.integration.name)
-        return query.appended("meta_mconflb-institution-name", call.integration.name)
+        query = query.appended("meta_mconflb-institution-name", call.integration.name)
+        if self.callbacks is None:
+            return query, []
+        return self.callbacks.rewrite_create(call, query)
 
     def voice_bridge_taken(self, server: Server, voice_bridge: str) -> bool:
         return self.meetings.voice_bridge_in_use(server.name, voice_bridge) or voice_bridge in server.voice_bridges
@@ -379,10 +384,11 @@ class Gateway:
 
     async def create_on(self, server: Server, call: Call, info: Answer, record: MeetingRecord) -> Answer:
         """A create for a meeting the LB already placed: the server answers with BBB's own semantics."""
-        answer, root = await self.routed(server, call, info, self.create_query(call, server))
+        query, pending = self.create_query(call, server)
+        answer, root = await self.routed(server, call, info, query)
         if root is not None and is_success(root) and bbbxml.text_of(root, "messageKey") != "duplicateWarning":
             # The server had forgotten the meeting and created it again: a new session.
-            await self.record_created(call, server, root, replaces=record)
+            await self.record_created(call, server, root, pending, replaces=record)
         return answer
 
     async def create_new(self, call: Call, info: Answer) -> tuple[Answer, MeetingRecord | None]:
@@ -393,7 +399,7 @@ class Gateway:
         info.route = "routed"
         tried: list[str] = []
         for server in placement.order[:MAX_CREATE_ATTEMPTS]:
-            query = self.create_query(call, server)
+            query, pending = self.create_query(call, server)
             meeting_id = call.param("meetingID")
             server.note_create(meeting_id, time.time())
             try:
@@ -409,13 +415,13 @@ class Gateway:
                 return answer, None
             if tried:
                 info.decision["failover"] = tried
-            record = await self.record_created(call, server, root)
+            record = await self.record_created(call, server, root, pending)
             return answer, record
         info.decision["failover"] = tried
         raise errors.no_server_available()
 
     async def record_created(self, call: Call, server: Server, root: etree._Element,
-                             replaces: MeetingRecord | None = None) -> MeetingRecord:
+                             pending: list[PendingCallback], replaces: MeetingRecord | None = None) -> MeetingRecord:
         if replaces is not None:
             await self.forget(replaces)
         created_at = now_ms()
@@ -433,8 +439,16 @@ class Gateway:
         )
         await self.meetings.save(record)
         if record.internal_id:
-            self.recordings[record.internal_id] = server.name
+            self.recordings[record.internal_id] = (server.name, record.integration)
+        if pending and self.callbacks is not None:
+            await self.callbacks.remember(pending, record)
         return record
+
+    async def meeting_ended(self, integration: str, meeting_id: str, server: str) -> None:
+        """An end callback from a server: the meeting is over now, not at the next poll."""
+        record = self.meetings.get(integration, meeting_id)
+        if record is not None and record.server == server:
+            await self.forget(record)
 
     # --- join and meeting calls ----------------------------------------------------------------------
 
@@ -530,12 +544,13 @@ class Gateway:
         info.route = "merged"
         return [r for r in results if r is not None]
 
+    @staticmethod
+    def owner_of(node: etree._Element) -> str:
+        """Meetings and recordings carry the creating integration in their metadata; others are default's."""
+        return node.findtext("metadata/mconflb-institution") or "default"
+
     def visible_to(self, node: etree._Element, integration: IntegrationConfig) -> bool:
-        """Meetings and recordings carry the creating integration in their metadata."""
-        owner = node.findtext("metadata/mconflb-institution")
-        if owner is None or owner == "":
-            return integration.name == "default"
-        return owner == integration.name
+        return self.owner_of(node) == integration.name
 
     async def get_meetings(self, call: Call, info: Answer) -> Answer:
         results = await self.fan_out("getMeetings", RawQuery.parse(""), info)
@@ -573,7 +588,7 @@ class Gateway:
                     continue
                 record_id = recording.findtext("recordID") or ""
                 if record_id:
-                    self.recordings[record_id] = server.name
+                    self.recordings[record_id] = (server.name, call.integration.name)
                 found.append((recording.findtext("startTime") or "0", recording))
         found.sort(key=lambda item: int(item[0]) if item[0].isdigit() else 0)
         selected = found[offset:] if limit is None else found[offset:offset + limit]
@@ -590,16 +605,22 @@ class Gateway:
     async def locate_recordings(self, record_ids: list[str], call: Call, info: Answer) -> dict[str, list[str]]:
         """Server name -> recordIDs it holds; unknown IDs are looked up on every server."""
         by_server: dict[str, list[str]] = {}
-        unknown = [r for r in record_ids if r not in self.recordings or self.pool.get(self.recordings[r]) is None]
+        owner = call.integration.name
+
+        def known(record_id: str) -> str | None:
+            server, holder = self.recordings.get(record_id, ("", ""))
+            return server if holder == owner and self.pool.get(server) is not None else None
+
+        unknown = [r for r in record_ids if known(r) is None]
         if unknown:
             query = RawQuery.parse("recordID=" + _encode(",".join(unknown)) + "&state=any")
             for server, root in await self.fan_out("getRecordings", query, info):
                 for recording in root.iterfind("recordings/recording"):
                     record_id = recording.findtext("recordID") or ""
                     if record_id in unknown and self.visible_to(recording, call.integration):
-                        self.recordings[record_id] = server.name
+                        self.recordings[record_id] = (server.name, owner)
         for record_id in record_ids:
-            server_name = self.recordings.get(record_id)
+            server_name = known(record_id)
             if server_name is None:
                 raise errors.recording_not_found()
             by_server.setdefault(server_name, []).append(record_id)

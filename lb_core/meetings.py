@@ -126,8 +126,9 @@ class MeetingRegistry:
         return self._creating.get(key)
 
     def creating(self, integration: str) -> int:
+        """Creates under way for the integration that are not recorded yet (so none is counted twice)."""
         prefix = integration + " "
-        return sum(1 for key in self._creating if key.startswith(prefix))
+        return sum(1 for key in self._creating if key.startswith(prefix) and key not in self._meetings)
 
     def begin_creation(self, key: str) -> asyncio.Future[MeetingRecord | None]:
         future: asyncio.Future[MeetingRecord | None] = asyncio.get_running_loop().create_future()

@@ -1,0 +1,193 @@
+"""Callbacks through the LB: BBB calls the LB, the LB learns from it and calls the integration.
+
+A create's ``meta_endCallbackUrl`` and ``meta_*-recording-ready-url`` are replaced by LB URLs
+carrying an unguessable token. The end callback tells the LB at once that a meeting ended; the
+recording-ready JWT, signed by the backend with its own secret, is verified and signed anew with
+the integration's secret, which is the only one the integration knows. Deliveries are stored and
+retried with backoff, so an integration that is down, or an LB restart, loses none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from lb_core import bbbxml, jwt
+from lb_core.api import CALLBACK_PREFIX, Answer, Call, Request
+from lb_core.backend import BackendClient, BackendError
+from lb_core.config import IntegrationConfig
+from lb_core.meetings import MeetingRecord
+from lb_core.pool import Pool
+from lb_core.query import RawQuery
+from lb_core.store import Store
+
+log = logging.getLogger("bbb_lb.callbacks")
+
+CALLBACKS_TABLE = "callbacks"
+DELIVERIES_TABLE = "deliveries"
+END_KEY = "endcallbackurl"
+RECORDING_READY_KEYS = ("bbb-recording-ready-url", "bn-recording-ready-url", "canvas-recording-ready-url")
+RETRY_DELAYS_S = (1, 2, 5, 10, 30, 60, 120, 300, 600)
+GIVE_UP_STATUSES = {401, 404, 410}
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCallback:
+    """A callback URL the LB took out of a create, to be stored once the create succeeded."""
+
+    token: str
+    kind: str  # "end" or "recording"
+    param: str  # the create parameter as the client spelled it
+    url: str
+
+
+def _xml_answer(status: int, key: str, message: str) -> Answer:
+    body = bbbxml.failed(key, message) if status >= 400 else bbbxml.success([("message", message)])
+    return Answer.xml(body, status, call="callback", route="local", result=key)
+
+
+class Callbacks:
+    def __init__(self, store: Store, backend: BackendClient, pool: Pool, public_url: str,
+                 integrations: Callable[[], dict[str, IntegrationConfig]],
+                 meeting_ended: Callable[[str, str, str], Awaitable[None]],
+                 retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S) -> None:
+        self.store = store
+        self.backend = backend
+        self.pool = pool
+        self.public_url = public_url.rstrip("/")
+        self.integrations = integrations
+        self.meeting_ended = meeting_ended
+        self.retry_delays_s = retry_delays_s
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.delivered_total = 0
+        self.failed_total = 0
+
+    # --- on create ----------------------------------------------------------------------------------
+
+    def rewrite_create(self, call: Call, query: RawQuery) -> tuple[RawQuery, list[PendingCallback]]:
+        """Replace the integration's callback URLs with the LB's own."""
+        pending: list[PendingCallback] = []
+        for key, value in call.pairs:
+            lowered = key.lower()
+            if not lowered.startswith("meta_") or not value:
+                continue
+            meta = lowered[5:]
+            if meta == END_KEY:
+                kind = "end"
+            elif meta in RECORDING_READY_KEYS:
+                kind = "recording"
+            else:
+                continue
+            token = secrets.token_urlsafe(24)
+            pending.append(PendingCallback(token, kind, key, value))
+            query = query.replaced(key, f"{self.public_url}{CALLBACK_PREFIX}{kind}/{token}")
+        return query, pending
+
+    async def remember(self, pending: list[PendingCallback], record: MeetingRecord) -> None:
+        for callback in pending:
+            await self.store.put(CALLBACKS_TABLE, callback.token, {
+                "kind": callback.kind, "url": callback.url, "integration": record.integration,
+                "meeting_id": record.meeting_id, "server": record.server, "created": time.time(),
+            })
+
+    # --- BBB calls the LB ----------------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> Answer:
+        rest = request.path[len(CALLBACK_PREFIX):]
+        kind, _, token = rest.partition("/")
+        doc = await self.store.get(CALLBACKS_TABLE, token) if token and "/" not in token else None
+        if doc is None or doc.get("kind") != kind:
+            return _xml_answer(404, "notFound", "Unknown callback.")
+        if kind == "end":
+            return await self._end(doc, token, request)
+        return await self._recording_ready(doc, request)
+
+    async def _end(self, doc: dict[str, Any], token: str, request: Request) -> Answer:
+        await self.meeting_ended(doc["integration"], doc["meeting_id"], doc["server"])
+        url = doc["url"]
+        if request.raw_query:
+            url += ("&" if "?" in url else "?") + request.raw_query
+        await self._deliver_later({"method": "GET", "url": url, "integration": doc["integration"],
+                                   "what": "end callback"})
+        await self.store.delete(CALLBACKS_TABLE, token)
+        return _xml_answer(200, "SUCCESS", "Callback received.")
+
+    async def _recording_ready(self, doc: dict[str, Any], request: Request) -> Answer:
+        fields = dict(parse_qsl(request.body.decode("utf-8", "replace"))) if request.body else {}
+        token = fields.get("signed_parameters") or dict(parse_qsl(request.raw_query)).get("signed_parameters", "")
+        server = self.pool.get(doc["server"])
+        if not token or server is None:
+            return _xml_answer(401, "invalidSignature", "The callback is not signed by the meeting's server.")
+        try:
+            payload = jwt.decode(token, [server.config.secret])
+        except jwt.JwtError:
+            return _xml_answer(401, "invalidSignature", "The callback is not signed by the meeting's server.")
+        if payload.get("meeting_id") != doc["meeting_id"]:
+            return _xml_answer(401, "invalidSignature", "The callback is for another meeting.")
+        await self._deliver_later({
+            "method": "POST", "url": doc["url"], "integration": doc["integration"], "what": "recording-ready",
+            "payload": {"meeting_id": doc["meeting_id"], "record_id": payload.get("record_id", "")},
+        })
+        return _xml_answer(200, "SUCCESS", "Callback received.")
+
+    # --- the LB calls the integration ----------------------------------------------------------------
+
+    async def _deliver_later(self, delivery: dict[str, Any]) -> None:
+        key = secrets.token_hex(12)
+        delivery = {**delivery, "attempts": 0}
+        await self.store.put(DELIVERIES_TABLE, key, delivery)
+        self._spawn(key, delivery)
+
+    def _spawn(self, key: str, delivery: dict[str, Any]) -> None:
+        task = asyncio.create_task(self._deliver(key, delivery), name=f"callback-{key}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def resume(self) -> None:
+        """Deliveries stored before a restart are tried again."""
+        for key, delivery in (await self.store.all(DELIVERIES_TABLE)).items():
+            self._spawn(key, delivery)
+
+    async def _deliver(self, key: str, delivery: dict[str, Any]) -> None:
+        attempts = int(delivery.get("attempts", 0))
+        while True:
+            status = await self._attempt(delivery)
+            attempts += 1
+            if status is not None and 200 <= status < 300:
+                self.delivered_total += 1
+                log.info("%s delivered to integration %s (attempt %d)", delivery["what"], delivery["integration"],
+                         attempts)
+                break
+            if (status in GIVE_UP_STATUSES) or attempts > len(self.retry_delays_s):
+                self.failed_total += 1
+                log.warning("%s to integration %s given up after %d attempts (last: %s)", delivery["what"],
+                            delivery["integration"], attempts, status or "no answer")
+                break
+            await self.store.put(DELIVERIES_TABLE, key, {**delivery, "attempts": attempts})
+            await asyncio.sleep(self.retry_delays_s[attempts - 1])
+        await self.store.delete(DELIVERIES_TABLE, key)
+
+    async def _attempt(self, delivery: dict[str, Any]) -> int | None:
+        try:
+            if delivery["method"] == "GET":
+                return await self.backend.fetch(delivery["url"])
+            integration = self.integrations().get(delivery["integration"])
+            if integration is None:
+                return 410
+            signed = jwt.encode(delivery["payload"], integration.secrets[0], "HS256")
+            return await self.backend.fetch(delivery["url"], method="POST", data={"signed_parameters": signed})
+        except BackendError:
+            return None
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
