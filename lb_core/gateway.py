@@ -409,12 +409,21 @@ class Gateway:
                 tried.append(f"{server.name}: {exc}")
                 log.warning("create of %s on %s failed, trying the next server: %s", meeting_id, server.name, exc)
                 continue
-            answer, root = self.relay(reply, info, call)
+            try:
+                answer, root = self.relay(reply, info, call)
+            except ApiError as exc:  # reachable but broken (a 5xx page): the next server may do
+                server.note_end(meeting_id)
+                tried.append(f"{server.name}: {exc.message}")
+                log.warning("create of %s on %s failed, trying the next server: %s", meeting_id, server.name,
+                            exc.message)
+                continue
             if root is None or not is_success(root):
                 server.note_end(meeting_id)
                 return answer, None
             if tried:
                 info.decision["failover"] = tried
+            log.info("placed meeting %s of %s on %s: %s; candidates %s%s", meeting_id, call.integration.name,
+                     server.name, placement.reason, _scores(placement), f"; failover {tried}" if tried else "")
             record = await self.record_created(call, server, root, pending)
             return answer, record
         info.decision["failover"] = tried
@@ -771,6 +780,11 @@ def rewrite_urls(text: str, from_base: str, to_base: str) -> str:
         text = re.sub(r"(\b[a-z][a-z0-9+.-]*://)" + re.escape(host) + r"(?=[/\"'<\s?#]|$)", swap, text, flags=re.I)
         text = re.sub(r"(?<![\w.:/-])" + re.escape(netloc) + r"(?![\w.:-])", target.netloc, text)
     return re.sub(r'="' + re.escape(host) + '"', f'="{to_host}"', text)
+
+
+def _scores(placement: Placement) -> str:
+    return ", ".join(f"{c['server']}={c['score']}" + (f" ({c['excluded']})" if "excluded" in c else "")
+                     for c in placement.scores)
 
 
 def _with_info(answer: Answer, info: Answer) -> Answer:
