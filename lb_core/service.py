@@ -7,10 +7,12 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections.abc import Coroutine
 from typing import Any
 
 from lb_core import bbbxml
 from lb_core.backend import BackendClient, BackendError
+from lb_core.callbacks import Callbacks
 from lb_core.config import (
     DISABLE_STATES,
     Config,
@@ -23,6 +25,7 @@ from lb_core.config import (
 )
 from lb_core.events import EventLog
 from lb_core.gateway import Gateway
+from lb_core.geo import GeoLocator, fill_geoloc
 from lb_core.meetings import MeetingRegistry
 from lb_core.monitor import Monitor
 from lb_core.pool import DisableState, Pool
@@ -39,6 +42,10 @@ class ControlError(Exception):
     """An operator's request that cannot be carried out, phrased for the operator."""
 
 
+class NotFound(ControlError):
+    """The server or integration an operator named does not exist (the admin API answers 404)."""
+
+
 class LoadBalancer:
     """Build inside a running event loop with ``await LoadBalancer.start(config)``."""
 
@@ -51,8 +58,11 @@ class LoadBalancer:
         self.backend: BackendClient | None = None
         self.gateway: Gateway | None = None
         self.monitor: Monitor | None = None
+        self.callbacks: Callbacks | None = None
         self.instance_id = ""
         self.integrations: list[IntegrationConfig] = list(config.integrations)
+        self.locator: GeoLocator | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def start(cls, config: Config, store: Store | None = None, *, poll: bool = True) -> LoadBalancer:
@@ -68,12 +78,21 @@ class LoadBalancer:
         await self._apply_overrides()
         self.backend = BackendClient(self.config.backend_timeout_s, self.config.backend_connect_timeout_s,
                                      self.config.max_body_bytes)
-        self.gateway = Gateway(self.config, self.pool, self.meetings, self.events, self.backend, self.instance_id)
+        if self.config.geo.database:
+            self.locator = await asyncio.to_thread(GeoLocator, self.config.geo.database)
+        self.gateway = Gateway(self.config, self.pool, self.meetings, self.events, self.backend, self.instance_id,
+                               locate=self.locator.locate if self.locator is not None else None)
         self.gateway.set_integrations(self.integrations)
+        self.callbacks = Callbacks(self.store, self.backend, self.pool, self.config.public_url,
+                                   lambda: self.gateway.integrations if self.gateway else {},
+                                   self.gateway.meeting_ended, self.config.callback_retry_delays_s)
+        self.gateway.callbacks = self.callbacks
+        await self.callbacks.resume()
         self.monitor = Monitor(self.config, self.pool, self.meetings, self.backend, self.gateway.forget,
                                after_poll=self._after_poll)
         if poll:
             self.monitor.start()
+        self._background(fill_geoloc(self.locator, self.pool))
         log.info("bbb-lb %s started: %d servers, %d meetings known, %d meeting events",
                  self.instance_id, len(self.pool), len(self.meetings), len(self.events))
 
@@ -83,7 +102,17 @@ class LoadBalancer:
         doc = await self.store.put_if_absent(META_TABLE, "instance", {"id": uuid.uuid4().hex})
         return str(doc["id"])
 
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.locator is not None:
+            self.locator.close()
         if self.monitor is not None:
             await self.monitor.stop()
         if self.backend is not None:
@@ -131,7 +160,7 @@ class LoadBalancer:
     def _server(self, name: str):  # type: ignore[no-untyped-def]
         server = self.pool.get(name)
         if server is None:
-            raise ControlError(f"no server named {name!r}")
+            raise NotFound(f"no server named {name!r}")
         return server
 
     def list_servers(self) -> list[dict[str, Any]]:
@@ -145,8 +174,9 @@ class LoadBalancer:
             raise ControlError(str(exc)) from None
         if self.pool.get(config.name) is not None:
             raise ControlError(f"a server named {config.name!r} exists already")
-        self.pool.add(config)
+        server = self.pool.add(config)
         await self._save_server(config.name)
+        self._background(fill_geoloc(self.locator, [server]))
         if self.monitor is not None:
             self.monitor.poll_soon()
         log.info("server %s added at %s", config.name, config.url)
@@ -263,7 +293,7 @@ class LoadBalancer:
         if name == "default":
             raise ControlError("the default integration is the config's top-level secret; change it there")
         if not any(i.name == name for i in self.integrations):
-            raise ControlError(f"no integration named {name!r}")
+            raise NotFound(f"no integration named {name!r}")
         self.integrations = [i for i in self.integrations if i.name != name]
         await self.store.put(INTEGRATIONS_TABLE, name, {"removed": True})
         assert self.gateway is not None

@@ -104,21 +104,10 @@ class Simulator:
         return self.control(f"/servers/{name}/requests")
 
 
-def start_simulator(count: int, *, algorithms: dict[int, str] | None = None) -> Simulator:
+def start_simulator(count: int) -> Simulator:
     ports = [free_port() for _ in range(count)]
-    control_port = free_port()
-    servers = [{"name": f"bbb{i + 1}", "url": f"http://127.0.0.1:{port}/bigbluebutton/", "secret": f"secret-{i + 1}"}
-               for i, port in enumerate(ports)]
-    spec = REPO / "data" / f"sim-{control_port}.json"
-    spec.parent.mkdir(exist_ok=True)
-    spec.write_text(json.dumps(servers))
-    process = subprocess.Popen([sys.executable, str(REPO / "scripts" / "bbbsim.py"), "--spec", str(spec),
-                                "--control-port", str(control_port)], stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    spec.unlink()
-    assert "ready" in line, f"simulator did not start: {line!r}"
-    return Simulator(f"http://127.0.0.1:{control_port}", servers, process)
+    return start_simulator_for([{"name": f"bbb{i + 1}", "url": f"http://127.0.0.1:{port}/bigbluebutton/",
+                                 "secret": f"secret-{i + 1}"} for i, port in enumerate(ports)])
 
 
 @pytest.fixture(scope="session")
@@ -139,6 +128,7 @@ class LB:
     process: subprocess.Popen[bytes] | None = None
     secret: str = "lb-secret"
     extra: dict[str, Any] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)  # appended to the ``run`` command line
 
     @property
     def port(self) -> int:
@@ -156,7 +146,7 @@ class LB:
         self.config_path.write_text(yaml.safe_dump(self.config))
         log = open(self.log_path, "ab")  # noqa: SIM115 - the process owns it
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "addons.cli", "run", "--config", str(self.config_path)],
+            [sys.executable, "-m", "addons.cli", "run", "--config", str(self.config_path), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
 
@@ -227,3 +217,18 @@ def lb_factory(tmp_path: Path, sim: Simulator) -> Iterator[Any]:
 @pytest.fixture
 def lb(lb_factory) -> LB:  # type: ignore[no-untyped-def]
     return lb_factory()
+
+
+def start_simulator_for(servers: list[dict[str, Any]]) -> Simulator:
+    """A simulator for the given server specs ({"name", "url", "secret"}; any 127.x.y.z host on Linux)."""
+    control_port = free_port()
+    spec = REPO / "data" / f"sim-{control_port}.json"
+    spec.parent.mkdir(exist_ok=True)
+    spec.write_text(json.dumps(servers))
+    process = subprocess.Popen([sys.executable, str(REPO / "scripts" / "bbbsim.py"), "--spec", str(spec),
+                                "--control-port", str(control_port)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    spec.unlink()
+    assert "ready" in line, f"simulator did not start: {line!r}"
+    return Simulator(f"http://127.0.0.1:{control_port}", servers, process)

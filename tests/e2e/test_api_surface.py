@@ -327,3 +327,23 @@ def test_insert_document_and_chat_are_routed(lb, sim):
     assert chat.field("returncode") == "SUCCESS", chat.text
     state = sim.control("/servers/bbb3/meetings/doc-room")
     assert state["documents"] and "hello & <all>" in str(state["chat"])
+
+
+def test_servers_without_config_xml_answer_their_own_error(tmp_path):
+    from tests.conftest import LB, free_port, start_simulator_for
+
+    new_server = start_simulator_for([{"name": "bbb-new", "url": f"http://127.0.0.1:{free_port()}/bigbluebutton/",
+                                       "secret": "new-secret", "config_xml": False}])
+    lb = LB(tmp_path / "c.yaml", {"listen": {"host": "127.0.0.1", "port": free_port()}, "secret": "lb-secret",
+                                  "servers": [{k: v for k, v in new_server.servers[0].items() if k != "config_xml"}],
+                                  "store": {"path": str(tmp_path / "lb.json")}}, tmp_path / "lb.log")
+    try:
+        lb.start()
+        reply = lb.call("getDefaultConfigXML")
+        assert reply.field("returncode") == "FAILED" and reply.field("messageKey"), reply.text
+        assert [r["call"] for r in new_server.requests("bbb-new")].count("getDefaultConfigXML") == 1
+    finally:
+        if lb.process is not None:
+            lb.stop()
+        new_server.process.terminate()
+        new_server.process.wait(10)
