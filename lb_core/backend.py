@@ -80,9 +80,7 @@ class BackendClient:
                 method, URL(url, encoded=True), data=body if body else None, headers=headers, allow_redirects=False,
                 timeout=timeout if timeout else aiohttp.helpers.sentinel,
             ) as response:
-                data = await response.content.read(self.max_body_bytes + 1)
-                if len(data) > self.max_body_bytes:
-                    raise BackendError(server.name, "answer larger than backend.max_body_bytes")
+                data = await self._read_all(response, server.name)
                 reply_headers = {k: v for k in PASS_HEADERS if (v := response.headers.get(k))}
                 if response.status in (301, 302, 303, 307, 308) and "Location" in response.headers:
                     reply_headers["Location"] = response.headers["Location"]
@@ -94,6 +92,17 @@ class BackendClient:
             raise BackendError(server.name, f"connection failed: {exc.os_error or exc}", refused=True) from None
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
             raise BackendError(server.name, f"request failed: {type(exc).__name__}: {exc}") from None
+
+    async def _read_all(self, response: aiohttp.ClientResponse, server: str) -> bytes:
+        """The whole body, refused past max_body_bytes (``content.read(n)`` would stop at what is buffered)."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise BackendError(server, "answer larger than backend.max_body_bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def fetch(self, url: str, *, method: str = "GET", data: bytes | dict[str, str] | None = None,
                     headers: dict[str, str] | None = None, timeout_s: float = 10.0) -> int:
