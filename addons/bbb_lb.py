@@ -5,13 +5,23 @@
 
 from __future__ import annotations
 
+from addons.admin import AdminListener
+from addons.annotate import Annotate
+from addons.capture import Capture
 from addons.lb import BbbLoadBalancer
 
 
-def make_addons() -> list[object]:
-    """Every bbb-lb addon, in order; the first is the load balancer the others observe."""
+def make_addons(*, inspect: bool = True) -> list[object]:
+    """The bbb-lb addons, in order; the first is the load balancer the others observe.
+
+    ``inspect=False`` leaves out what only feeds a UI or a capture: every addon in the chain is
+    offered every event of every flow, so a lean ``bbb-lb run`` carries none it does not use.
+    """
     lb = BbbLoadBalancer()
-    return [lb]
+    chain: list[object] = [lb, AdminListener(lb)]
+    if inspect:
+        chain += [Annotate(lb), Capture()]
+    return chain
 
 
 addons = make_addons()

@@ -9,7 +9,7 @@ import sys
 from lb_core import config as lb_config
 
 # Each module has ``register(subparsers)`` adding parsers whose ``handler`` takes the parsed args.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["addons.cli_admin", "addons.replay"]
 
 
 def load_config(path: str) -> lb_config.Config:
@@ -25,13 +25,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     from addons.runner import run as run_lb
 
     return run_lb(config, web=args.web, web_port=args.web_port, web_password=args.web_password,
-                  save_file=args.save)
+                  save_file=args.save, save_max_mb=args.save_max_mb, save_keep=args.save_keep,
+                  mask_passwords=args.mask_passwords)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     print(f"{args.config}: OK ({len(config.servers)} servers, {len(config.integrations)} integrations)")
     return 0
+
+
+def _positive_mb(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--web-port", type=int, default=8081)
     run.add_argument("--web-password", default="", help="mitmweb password (default: a token is printed)")
     run.add_argument("--save", default="", help="save flows to this file (mitmproxy format)")
+    run.add_argument("--save-max-mb", type=_positive_mb, default=100.0,
+                     help="rotate the --save file when it exceeds this many MB (default 100; fractions allowed)")
+    run.add_argument("--save-keep", type=_count, default=5, help="rotated files to keep: FILE.1 ... FILE.K (default 5)")
+    run.add_argument("--mask-passwords", action="store_true",
+                     help="replace meeting passwords with *** in the saved flows")
     run.set_defaults(handler=cmd_run)
 
     check = commands.add_parser("check-config", help="validate the configuration and exit")

@@ -17,18 +17,11 @@ from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfi
 
 from addons.bbb_lb import make_addons
 from addons.lb import BbbLoadBalancer
+from lb_core import logs
 from lb_core.config import Config
 
 REPO = Path(__file__).resolve().parent.parent
 SIMULATOR = REPO / "scripts" / "bbbsim.py"
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=LEVELS.get(level, logging.INFO), format=LOG_FORMAT, stream=sys.stderr, force=True)
-    for noisy in ("mitmproxy.proxy.server", "mitmproxy.proxy", "hpack"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def start_simulators(config: Config) -> subprocess.Popen[str] | None:
@@ -64,9 +57,10 @@ def build_options(config: Config, web: bool) -> options.Options:
 
 
 async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_password: str = "",
-                save_file: str = "", extra_addons: list[object] | None = None) -> None:
+                save_file: str = "", save_max_mb: float = 100.0, save_keep: int = 5, mask_passwords: bool = False,
+                extra_addons: list[object] | None = None) -> None:
     opts = build_options(config, web)
-    chain = make_addons() + list(extra_addons or [])
+    chain = make_addons(inspect=web or bool(save_file)) + list(extra_addons or [])
     lb = chain[0]
     assert isinstance(lb, BbbLoadBalancer)
     if web:
@@ -81,14 +75,11 @@ async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_
         m = master.Master(opts)
         m.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
                      errorcheck.ErrorCheck(repeat_errors_on_stderr=True), *chain)
-        if save_file:
-            from mitmproxy.addons import save
-
-            m.addons.add(save.Save())
     lb.config = config
     opts.update(connection_strategy="lazy", body_size_limit=str(2 * config.max_body_bytes))  # hard backstop; the addon answers XML below it
-    if save_file:
-        opts.update(save_stream_file=save_file)
+    if save_file:  # addons.capture.Capture (in the chain) writes it, off the event loop and rotated
+        opts.update(bbb_save_file=save_file, bbb_save_max_mb=str(save_max_mb), bbb_save_keep=save_keep,
+                    bbb_mask_passwords=mask_passwords)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, m.shutdown)
@@ -96,7 +87,7 @@ async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_
 
 
 def run(config: Config, **kwargs: object) -> int:
-    setup_logging(config.log_level)
+    logs.setup(config.log_level)
     simulator = start_simulators(config)
     try:
         asyncio.run(serve(config, **kwargs))  # type: ignore[arg-type]

@@ -38,7 +38,7 @@ DEFAULT_CONTENT_TYPES = {FORM, "multipart/form-data"}
 
 @dataclass(slots=True)
 class Request:
-    """An HTTP request as received; ``headers`` keys are lower-case."""
+    """An HTTP request as received; ``headers`` is looked up with lower-case names (case-insensitively)."""
 
     method: str
     path: str

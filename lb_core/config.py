@@ -105,6 +105,8 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     log_level: str = "info"
     callback_retry_delays_s: tuple[float, ...] = (1, 2, 5, 10, 30, 60, 120, 300, 600)
+    running_cache_s: float = 1.0
+    get_meetings_cache_s: float = 2.0
 
     @property
     def default_integration(self) -> IntegrationConfig:
@@ -397,6 +399,11 @@ def parse(data: Any, source: str = "config.yaml", base_dir: Path | None = None) 
         raise cb.fail("retry_delays_s", "must be a non-empty list of seconds")
     cb.done()
 
+    cache = top.mapping("cache")
+    running_cache_s = float(cache.number("is_meeting_running_s", 1.0))
+    get_meetings_cache_s = float(cache.number("get_meetings_s", 2.0))
+    cache.done()
+
     log_level = top.string("log_level", "info") or "info"
     if log_level not in ("debug", "info", "warn", "error"):
         raise top.fail("log_level", "must be debug, info, warn or error")
@@ -422,6 +429,8 @@ def parse(data: Any, source: str = "config.yaml", base_dir: Path | None = None) 
         admin=admin,
         log_level=log_level,
         callback_retry_delays_s=tuple(float(d) for d in delays),
+        running_cache_s=running_cache_s,
+        get_meetings_cache_s=get_meetings_cache_s,
     )
 
 

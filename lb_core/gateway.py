@@ -99,6 +99,10 @@ class Gateway:
             "setConfigXML": self.set_config_xml,
         }
         self.callbacks: Callbacks | None = None
+        # isMeetingRunning answers per meeting key, briefly: integrations poll it while users wait.
+        self._running_cache: dict[str, tuple[float, bytes]] = {}
+        # getMeetings listings per server (from polls or live calls), reused while young enough.
+        self._listings: dict[str, tuple[float, list[tuple[str, str]]]] = {}
 
     def set_integrations(self, integrations: list[IntegrationConfig]) -> None:
         self.integrations = {i.name: i for i in integrations}
@@ -272,6 +276,8 @@ class Gateway:
         return server
 
     async def forget(self, record: MeetingRecord, ended_at: int | None = None) -> None:
+        self._running_cache.pop(record.key, None)
+        self.forget_listing(record.server)
         if await self.meetings.forget(record):
             server = self.pool.get(record.server)
             if server is not None:
@@ -446,6 +452,8 @@ class Gateway:
             moderator_pw=text(root, "moderatorPW"), attendee_pw=text(root, "attendeePW"),
             internal_id=text(root, "internalMeetingID"), event_id=event_id,
         )
+        self._running_cache.pop(record.key, None)
+        self.forget_listing(server.name)
         await self.meetings.save(record)
         if record.internal_id:
             self.recordings[record.internal_id] = (server.name, record.integration)
@@ -504,7 +512,17 @@ class Gateway:
         record = self.record_for(call)
         if record is None:
             return Answer.xml(bbbxml.success([("running", False)]), result="SUCCESS")
-        answer, _ = await self.routed(self.server_of(record), call, info)
+        ttl = self.config.running_cache_s
+        now = time.monotonic()
+        cached = self._running_cache.get(record.key) if ttl > 0 else None
+        if cached is not None and cached[0] > now:
+            info.server, info.route, info.result = record.server, "cached", "SUCCESS"
+            return _with_info(Answer.xml(cached[1]), info)
+        answer, root = await self.routed(self.server_of(record), call, info)
+        if ttl > 0 and root is not None and is_success(root):
+            if len(self._running_cache) > 100_000:
+                self._running_cache.clear()
+            self._running_cache[record.key] = (now + ttl, answer.body)
         return answer
 
     async def get_meeting_info(self, call: Call, info: Answer) -> Answer:
@@ -561,18 +579,41 @@ class Gateway:
     def visible_to(self, node: etree._Element, integration: IntegrationConfig) -> bool:
         return self.owner_of(node) == integration.name
 
+    def remember_listing(self, server: Server, root: etree._Element) -> list[tuple[str, str]]:
+        """A server's getMeetings answer as (owning integration, serialised meeting with its <server>)."""
+        listing: list[tuple[str, str]] = []
+        for meeting in root.iterfind("meetings/meeting"):
+            block = etree.SubElement(meeting, "server")
+            etree.SubElement(block, "name").text = server.name
+            etree.SubElement(block, "address").text = server.address
+            etree.SubElement(block, "url").text = server.base_url
+            listing.append((self.owner_of(meeting), bbbxml.serialize(meeting)))
+        self._listings[server.name] = (time.monotonic(), listing)
+        return listing
+
+    def forget_listing(self, server_name: str) -> None:
+        """The LB changed this server's meetings: its next getMeetings must be fresh."""
+        self._listings.pop(server_name, None)
+
     async def get_meetings(self, call: Call, info: Answer) -> Answer:
-        results = await self.fan_out("getMeetings", RawQuery.parse(""), info)
-        parts: list[str] = []
-        for server, root in results:
-            for meeting in root.iterfind("meetings/meeting"):
-                if not self.visible_to(meeting, call.integration):
-                    continue
-                block = etree.SubElement(meeting, "server")
-                etree.SubElement(block, "name").text = server.name
-                etree.SubElement(block, "address").text = server.address
-                etree.SubElement(block, "url").text = server.base_url
-                parts.append(bbbxml.serialize(meeting))
+        max_age = self.config.get_meetings_cache_s
+        now = time.monotonic()
+        listings: dict[str, list[tuple[str, str]]] = {}
+        stale: list[Server] = []
+        for server in self.fan_out_servers():
+            cached = self._listings.get(server.name)
+            if cached is not None and now - cached[0] <= max_age:
+                listings[server.name] = cached[1]
+            else:
+                stale.append(server)
+        if stale:
+            for server, root in await self.fan_out("getMeetings", RawQuery.parse(""), info, stale):
+                listings[server.name] = self.remember_listing(server, root)
+        else:
+            info.route = "cached"
+        owner = call.integration.name
+        parts = [xml for server in self.fan_out_servers() for who, xml in listings.get(server.name, ())
+                 if who == owner]
         info.result = "SUCCESS"
         if not parts:
             return _with_info(Answer.xml(bbbxml.success([

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from lb_core import bbbxml
 from lb_core.backend import BackendClient, BackendError
@@ -28,13 +29,15 @@ def _count(node, tag: str) -> int:  # type: ignore[no-untyped-def]
 class Monitor:
     def __init__(self, config: Config, pool: Pool, meetings: MeetingRegistry, backend: BackendClient,
                  forget: Callable[[MeetingRecord, int | None], Awaitable[None]],
-                 after_poll: Callable[[Server], Awaitable[None]] | None = None) -> None:
+                 after_poll: Callable[[Server], Awaitable[None]] | None = None,
+                 on_listing: Callable[[Server, Any], object] | None = None) -> None:
         self.config = config
         self.pool = pool
         self.meetings = meetings
         self.backend = backend
         self.forget = forget
         self.after_poll = after_poll
+        self.on_listing = on_listing
         self.polls_total = 0
         self._task: asyncio.Task[None] | None = None
         self._semaphore = asyncio.Semaphore(config.monitor.concurrency)
@@ -109,6 +112,8 @@ class Monitor:
             )
             if bridge := (meeting.findtext("voiceBridge") or "").strip():
                 bridges.add(bridge)
+        if self.on_listing is not None:
+            self.on_listing(server, root)
         was = server.status
         server.record_poll_success(meetings, monitor, started, self.config.balancer.warmup_s)
         server.voice_bridges = bridges

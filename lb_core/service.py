@@ -89,7 +89,7 @@ class LoadBalancer:
         self.gateway.callbacks = self.callbacks
         await self.callbacks.resume()
         self.monitor = Monitor(self.config, self.pool, self.meetings, self.backend, self.gateway.forget,
-                               after_poll=self._after_poll)
+                               after_poll=self._after_poll, on_listing=self.gateway.remember_listing)
         if poll:
             self.monitor.start()
         self._background(fill_geoloc(self.locator, self.pool))

@@ -111,7 +111,7 @@ class AtomicJSONStorage(Storage):
 class TinyDbStore(Store):
     """Tables in one TinyDB file; events in TinyDB segment files of bounded size."""
 
-    SEGMENT_SIZE = 5000
+    SEGMENT_SIZE = 1000  # a flush rewrites the current segment only: keep that small
 
     def __init__(self, path: str, event_flush_interval_s: float = 0.5) -> None:
         self.path = path

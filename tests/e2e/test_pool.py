@@ -41,7 +41,8 @@ def test_an_outage_moves_new_meetings_elsewhere_within_the_hysteresis(lb_factory
         for i in range(6):
             assert create(lb, f"late-{fault}-{i}").field("returncode") == "SUCCESS"
             assert server_of(sim, f"late-{fault}-{i}") != "bbb1"
-        assert "placed meeting late-" in lb.log() and "(status " in lb.log()
+        # Log lines are written in batches, at most half a second apart.
+        wait_for(lambda: "placed meeting late-" in lb.log() and "(status " in lb.log(), 3, what="the decision log")
     finally:
         sim.fault("bbb1", "ok")
     wait_for(lambda: status_of(lb, "bbb1") == "2/false", 5, what="bbb1 up again")

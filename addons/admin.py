@@ -1,0 +1,47 @@
+"""Starts lb_core's admin listener beside the proxy, and feeds it per-request metrics."""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import http
+
+from addons.lb import BbbLoadBalancer
+from lb_core.admin import AdminServer
+from lb_core.api import Answer
+from lb_core.metrics import LbMetrics
+
+log = logging.getLogger("bbb_lb.admin")
+
+
+class AdminListener:
+    """Serves the admin API, /health, /metrics and the dashboard when ``admin.port`` is set."""
+
+    def __init__(self, lb_addon: BbbLoadBalancer) -> None:
+        self.lb_addon = lb_addon
+        self.metrics = LbMetrics()
+        self.server: AdminServer | None = None
+        lb_addon.on_answer.append(self._observe)
+
+    def _observe(self, flow: http.HTTPFlow, answer: Answer, elapsed_ms: float) -> None:
+        self.metrics.observe(flow, answer, elapsed_ms)
+
+    async def running(self) -> None:
+        config = self.lb_addon.config
+        if config is None or config.admin.port is None or self.server is not None:
+            return
+        await self.lb_addon.ensure_started()
+        server = AdminServer(config.admin, lambda: self.lb_addon.lb, self.metrics)
+        try:
+            await server.start()
+        except OSError as exc:
+            # Logged as an error: `bbb-lb run` then exits rather than run without its controls.
+            log.error("admin listener cannot listen on %s:%s: %s", config.admin.host, config.admin.port,
+                      exc.strerror or exc)
+            return
+        self.server = server
+
+    async def done(self) -> None:
+        if self.server is not None:
+            await self.server.stop()
+            self.server = None

@@ -1,0 +1,311 @@
+"""The admin listener: operator controls (JSON under /api/), /health, /metrics and a live dashboard.
+
+It is a separate aiohttp listener, not part of the BBB API listener, so it can bind to loopback or a
+management network only. Every /api/ route needs the admin token (``Authorization: Bearer``); the
+dashboard page trades ``?token=`` for a cookie once, so the token does not stay in the address bar.
+/health and /metrics answer without the token: load balancers and Prometheus scrapers rarely carry
+one, and neither shows anything secret (counts, server names, no URLs or secrets). The listener binds
+127.0.0.1 unless ``admin.host`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from lb_core.balancer import exclusion_reason
+from lb_core.config import AdminConfig
+from lb_core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from lb_core.metrics import LbMetrics
+from lb_core.pool import Status
+from lb_core.service import ControlError, LoadBalancer, NotFound
+
+log = logging.getLogger("bbb_lb.admin")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_FILES = {"dashboard.html": "text/html", "dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+COOKIE = "bbb_lb_admin"
+MAX_BODY = 64 * 1024
+SERVER_FIELDS = {"name", "url", "secret", "checksum", "weight", "max_meetings", "max_participants", "state"}
+INTEGRATION_FIELDS = {"secret", "previous_secret", "enabled", "can_record", "max_meetings"}
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+DASHBOARD_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+                 "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+UNAUTHORISED_PAGE = (b"<!doctype html><meta charset=utf-8><title>bbb-lb: sign in</title>"
+                     b"<p>Open <code>/dashboard?token=&lt;admin.token&gt;</code> to see the dashboard.</p>")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BadRequest(Exception):
+    """The request itself is malformed (not JSON, wrong field types); answered 400."""
+
+
+def json_response(payload: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=json.dumps(payload).encode(), content_type="application/json")
+
+
+def dashboard_cookie(token: str) -> str:
+    """What the browser keeps instead of the token: proves the token was shown, cannot be used as one."""
+    return hmac.new(token.encode(), b"bbb-lb dashboard session", hashlib.sha256).hexdigest()
+
+
+def lb_status(lb: LoadBalancer) -> dict[str, Any]:
+    """The LB's own status plus counts over its servers, as /api/status and the dashboard show them."""
+    servers = list(lb.pool)
+    return {
+        **lb.status(),
+        "servers": len(servers),
+        "servers_up": sum(1 for s in servers if s.status == Status.UP),
+        "servers_usable": sum(1 for s in servers if exclusion_reason(s) is None),
+        "servers_disabled": sum(1 for s in servers if s.is_disabled),
+        "servers_draining": sum(1 for s in servers if s.draining),
+        "participants": sum(s.participants for s in servers),
+        "integrations": len(lb.integrations),
+    }
+
+
+def health(lb: LoadBalancer | None) -> tuple[int, dict[str, Any]]:
+    """200 when new meetings can be placed; 503 with the reason otherwise (counts only, no names)."""
+    if lb is None:
+        return 503, {"status": "unavailable", "reason": "bbb-lb is not running"}
+    servers = list(lb.pool)
+    reasons = Counter(exclusion_reason(s) for s in servers)
+    usable = reasons.pop(None, 0)
+    counts = {"servers": len(servers), "servers_up": sum(1 for s in servers if s.status == Status.UP),
+              "servers_usable": usable}
+    if usable:
+        return 200, {"status": "ok", **counts}
+    if not servers:
+        reason = "no servers configured"
+    else:
+        why = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items(), key=lambda r: str(r[0])))
+        reason = f"no server can take new meetings ({why})"
+    return 503, {"status": "unavailable", "reason": reason, **counts}
+
+
+def _object(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the request body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return value
+
+
+def _only(spec: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
+    for key, value in spec.items():
+        if key not in allowed:
+            raise BadRequest(f"unknown field {key!r}; expected {', '.join(sorted(allowed))}")
+        # ${NAME} reads the environment in the config file; through the API it could reveal it.
+        if isinstance(value, str) and value.strip().startswith("${"):
+            raise BadRequest(f"{key}: ${{...}} environment references are only read from the config file")
+    return spec
+
+
+class AdminServer:
+    """The admin application on its own listener; ``get_lb`` answers the running LB (None once stopped)."""
+
+    def __init__(self, admin: AdminConfig, get_lb: Callable[[], LoadBalancer | None], metrics: LbMetrics) -> None:
+        assert admin.port is not None and admin.token, "admin.port and admin.token are checked by the config"
+        self.admin = admin
+        self.get_lb = get_lb
+        self.metrics = metrics
+        self._token = admin.token.encode()
+        self._cookie = dashboard_cookie(admin.token).encode()
+        self._static: dict[str, bytes] = {}
+        self._runner: web.AppRunner | None = None
+        self.port: int = admin.port
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY)
+        app.router.add_get("/", self.root)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.prometheus)
+        app.router.add_get("/dashboard", self.dashboard)
+        app.router.add_get("/static/{file}", self.static)
+        api = [
+            ("GET", "/api/status", self.status),
+            ("GET", "/api/dashboard", self.dashboard_data),
+            ("GET", "/api/servers", self.list_servers),
+            ("POST", "/api/servers", self.add_server),
+            ("DELETE", "/api/servers/{name}", self.remove_server),
+            ("POST", "/api/servers/{name}/state", self.set_state),
+            ("POST", "/api/servers/{name}/drain", self.drain),
+            ("POST", "/api/servers/{name}/panic", self.panic),
+            ("GET", "/api/integrations", self.list_integrations),
+            ("PUT", "/api/integrations/{name}", self.put_integration),
+            ("DELETE", "/api/integrations/{name}", self.remove_integration),
+        ]
+        for method, path, handler in api:
+            app.router.add_route(method, path, handler)
+        return app
+
+    async def start(self) -> None:
+        """Bind the listener; raises OSError when the address is taken."""
+        self._static = await asyncio.to_thread(
+            lambda: {name: (STATIC_DIR / name).read_bytes() for name in STATIC_FILES})
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.admin.host, self.admin.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            self.port = server.sockets[0].getsockname()[1]
+        log.info("admin listener on http://%s:%d/ (dashboard at /dashboard, metrics at /metrics)",
+                 self.admin.host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # --- guard: auth, errors as JSON, headers -------------------------------------------------------------
+
+    def _bearer_ok(self, request: web.Request) -> bool:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token)
+
+    def _cookie_ok(self, request: web.Request) -> bool:
+        return hmac.compare_digest(request.cookies.get(COOKIE, "").encode(), self._cookie)
+
+    def authorised(self, request: web.Request) -> bool:
+        """The bearer token always; the dashboard cookie for reading only (so no cross-site changes)."""
+        return self._bearer_ok(request) or (request.method in ("GET", "HEAD") and self._cookie_ok(request))
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if request.path.startswith("/api/") and not self.authorised(request):
+                response: web.StreamResponse = json_response({"error": "a valid admin token is required"}, 401)
+                response.headers["WWW-Authenticate"] = 'Bearer realm="bbb-lb"'
+            else:
+                response = await handler(request)
+        except NotFound as exc:
+            response = json_response({"error": str(exc)}, 404)
+        except (ControlError, BadRequest) as exc:
+            response = json_response({"error": str(exc)}, 400)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = json_response({"error": exc.reason}, exc.status)
+            if allow := exc.headers.get("Allow"):
+                response.headers["Allow"] = allow
+        except Exception:
+            log.exception("admin request %s %s failed", request.method, request.path)
+            response = json_response({"error": "internal error; the bbb-lb log has the details"}, 500)
+        for key, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(key, value)
+        return response
+
+    def _lb(self) -> LoadBalancer:
+        lb = self.get_lb()
+        if lb is None:
+            raise web.HTTPServiceUnavailable(reason="bbb-lb is not running")
+        return lb
+
+    # --- open routes ----------------------------------------------------------------------------------
+
+    async def root(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("/dashboard")
+
+    async def health(self, request: web.Request) -> web.Response:
+        status, payload = health(self.get_lb())
+        return json_response(payload, status)
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        body = self.metrics.render(self.get_lb())
+        return web.Response(body=body.encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    async def static(self, request: web.Request) -> web.Response:
+        name = request.match_info["file"]
+        if name not in STATIC_FILES or name.endswith(".html"):
+            raise web.HTTPNotFound()
+        return web.Response(body=self._static[name], headers={"Content-Type": STATIC_FILES[name] + "; charset=utf-8",
+                                                              "Cache-Control": "no-cache"})
+
+    async def dashboard(self, request: web.Request) -> web.Response:
+        token = request.query.get("token")
+        if token is not None:
+            if not hmac.compare_digest(token.encode(), self._token):
+                return web.Response(status=401, body=UNAUTHORISED_PAGE, content_type="text/html")
+            response = web.Response(status=303, headers={"Location": "/dashboard"})
+            response.set_cookie(COOKIE, self._cookie.decode(), httponly=True, samesite="Strict", path="/")
+            return response
+        if not (self._cookie_ok(request) or self._bearer_ok(request)):
+            return web.Response(status=401, body=UNAUTHORISED_PAGE, content_type="text/html")
+        return web.Response(body=self._static["dashboard.html"], content_type="text/html", charset="utf-8",
+                            headers={"Content-Security-Policy": DASHBOARD_CSP})
+
+    # --- /api/ (token checked by the guard) ------------------------------------------------------------
+
+    async def status(self, request: web.Request) -> web.Response:
+        return json_response(lb_status(self._lb()))
+
+    async def dashboard_data(self, request: web.Request) -> web.Response:
+        lb = self._lb()
+        return json_response({"time": time.time(), "status": lb_status(lb), "servers": lb.list_servers(),
+                              "recent": self.metrics.recent_calls()})
+
+    async def list_servers(self, request: web.Request) -> web.Response:
+        return json_response(self._lb().list_servers())
+
+    async def add_server(self, request: web.Request) -> web.Response:
+        spec = _only(_object(await request.read()), SERVER_FIELDS)
+        return json_response(await self._lb().add_server(spec), 201)
+
+    async def remove_server(self, request: web.Request) -> web.Response:
+        return json_response(await self._lb().remove_server(request.match_info["name"]))
+
+    async def set_state(self, request: web.Request) -> web.Response:
+        body = _only(_object(await request.read()), {"state"})
+        state = body.get("state")
+        if not isinstance(state, str):
+            raise BadRequest('state: expected "enabled", "disabled" or "auto"')
+        return json_response(await self._lb().set_state(request.match_info["name"], state))
+
+    async def drain(self, request: web.Request) -> web.Response:
+        _only(_object(await request.read()), set())
+        return json_response(await self._lb().drain(request.match_info["name"]))
+
+    async def panic(self, request: web.Request) -> web.Response:
+        body = _only(_object(await request.read()), {"keep_state"})
+        keep_state = body.get("keep_state", False)
+        if not isinstance(keep_state, bool):
+            raise BadRequest("keep_state: expected true or false")
+        return json_response(await self._lb().panic(request.match_info["name"], keep_state=keep_state))
+
+    async def list_integrations(self, request: web.Request) -> web.Response:
+        return json_response(self._lb().list_integrations())
+
+    async def put_integration(self, request: web.Request) -> web.Response:
+        spec = _only(_object(await request.read()), INTEGRATION_FIELDS)
+        return json_response(await self._lb().put_integration({**spec, "name": request.match_info["name"]}))
+
+    async def remove_integration(self, request: web.Request) -> web.Response:
+        return json_response(await self._lb().remove_integration(request.match_info["name"]))

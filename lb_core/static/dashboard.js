@@ -1,0 +1,114 @@
+// bbb-lb dashboard: polls /api/dashboard every 2 s and redraws two tables.
+// Everything from the API is put into the page as text (never as HTML): meeting IDs come from clients.
+"use strict";
+
+const REFRESH_MS = 2000;
+const STATES = { 0: "enabled", 1: "disabled", 3: "auto" };
+const OK_RESULTS = new Set(["SUCCESS", "redirect", "successfullyJoined", "200"]);
+
+function cell(text, className) {
+  const td = document.createElement("td");
+  td.textContent = text === undefined || text === null ? "" : String(text);
+  if (className) td.className = className;
+  return td;
+}
+
+function badge(text, className) {
+  const td = document.createElement("td");
+  const span = document.createElement("span");
+  span.className = "badge " + className;
+  span.textContent = text;
+  td.appendChild(span);
+  return td;
+}
+
+function emptyRow(tbody, columns, text) {
+  const tr = document.createElement("tr");
+  const td = cell(text, "empty");
+  td.colSpan = columns;
+  tr.appendChild(td);
+  tbody.appendChild(tr);
+}
+
+function renderServers(servers) {
+  const tbody = document.querySelector("#servers tbody");
+  tbody.replaceChildren();
+  if (!servers.length) emptyRow(tbody, 8, "no servers");
+  for (const s of servers) {
+    const tr = document.createElement("tr");
+    tr.dataset.server = s.name;
+    if (s.is_disabled || s.draining) tr.className = "excluded";
+    tr.appendChild(cell(s.name, "name"));
+    const status = badge(s.status, "status status-" + s.status);
+    status.classList.add("status");
+    if (s.last_error) {
+      const detail = document.createElement("span");
+      detail.className = "detail";
+      detail.textContent = s.last_error;
+      status.appendChild(detail);
+    }
+    tr.appendChild(status);
+    const state = STATES[s.disable_state] || String(s.disable_state);
+    tr.appendChild(cell(state + (s.is_disabled && state === "auto" ? " (off)" : ""), "state state-" + state));
+    tr.appendChild(cell(s.draining ? "yes" : "no", "draining draining-" + (s.draining ? "yes" : "no")));
+    tr.appendChild(cell(s.meetings, "num meetings"));
+    tr.appendChild(cell(s.participants, "num participants"));
+    tr.appendChild(cell(Number(s.load).toFixed(1), "num load"));
+    tr.appendChild(cell(s.url, "url"));
+    tbody.appendChild(tr);
+  }
+}
+
+function renderEvents(events) {
+  const tbody = document.querySelector("#events tbody");
+  tbody.replaceChildren();
+  if (!events.length) emptyRow(tbody, 7, "no API calls yet");
+  for (const e of events) {
+    const tr = document.createElement("tr");
+    tr.appendChild(cell(new Date(e.time * 1000).toLocaleTimeString(), "time"));
+    tr.appendChild(cell(e.call || "-", "call"));
+    tr.appendChild(cell(e.integration || "-", "integration"));
+    tr.appendChild(cell(e.meeting_id || "-", "meeting wrap"));
+    tr.appendChild(cell(e.server || "-", "server"));
+    const ok = OK_RESULTS.has(e.result) && e.status < 400;
+    tr.appendChild(cell(e.result, "result " + (ok ? "result-ok" : "result-error")));
+    tr.appendChild(cell(Number(e.ms).toFixed(1), "num ms"));
+    tbody.appendChild(tr);
+  }
+}
+
+function renderSummary(status) {
+  document.getElementById("summary").textContent =
+    `${status.servers_up}/${status.servers} servers up, ${status.servers_usable} taking new meetings · ` +
+    `${status.meetings} meetings · ${status.participants} participants · instance ${status.instance}`;
+}
+
+function showError(text) {
+  const box = document.getElementById("error");
+  box.textContent = text;
+  box.hidden = !text;
+}
+
+async function refresh() {
+  try {
+    const response = await fetch("/api/dashboard", { credentials: "same-origin", cache: "no-store" });
+    if (response.status === 401) {
+      showError("Not signed in: open /dashboard?token=<admin.token> again.");
+      return;
+    }
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const data = await response.json();
+    renderSummary(data.status);
+    renderServers(data.servers);
+    renderEvents(data.recent);
+    document.getElementById("updated").textContent = "updated " + new Date(data.time * 1000).toLocaleTimeString();
+    document.body.dataset.loaded = "true";
+    showError("");
+  } catch (error) {
+    showError(`Cannot reach bbb-lb (${error.message}); retrying…`);
+  } finally {
+    setTimeout(refresh, REFRESH_MS);
+  }
+}
+
+refresh();
