@@ -2,8 +2,10 @@
 
 The interface is what a shared (Redis) store can offer too: get/put/put_if_absent/delete/all on
 tables, and appended events. ``TinyDbStore`` is the embedded default. It keeps every table in
-memory, and one writer thread writes TinyDB files atomically (temp file, fsync, rename), so a
-``kill -9`` can lose at most writes nobody was told had succeeded, and never corrupts a file.
+memory; one writer thread makes changes durable by appending them to a journal (one fsync per
+batch, whatever the number of meetings) and now and then folds the journal into the TinyDB file,
+which is replaced atomically (temp file, fsync, rename). A ``kill -9`` can lose at most writes
+nobody was told had succeeded, and never corrupts a file.
 """
 
 from __future__ import annotations
@@ -112,6 +114,7 @@ class TinyDbStore(Store):
     """Tables in one TinyDB file; events in TinyDB segment files of bounded size."""
 
     SEGMENT_SIZE = 1000  # a flush rewrites the current segment only: keep that small
+    COMPACT_AFTER_BYTES = 4 * 1024 * 1024  # fold the journal into the TinyDB file past this size
 
     def __init__(self, path: str, event_flush_interval_s: float = 0.5) -> None:
         self.path = path
@@ -122,8 +125,11 @@ class TinyDbStore(Store):
         self._next_id: dict[str, int] = {}
         self._db: TinyDB | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bbb-lb-store")
+        self.journal_path = path + ".journal"
+        self._journal_bytes = 0
         self._state_dirty = asyncio.Event()
         self._state_waiters: list[asyncio.Future[None]] = []
+        self._changes: list[tuple[str, str, Doc | None]] = []
         self._pending_events: list[Doc] = []
         self._segment_index = 0
         self._segment_docs: dict[str, Doc] = {}
@@ -160,12 +166,38 @@ class TinyDbStore(Store):
             self._tables[name] = docs
             self._ids[name] = ids
             self._next_id[name] = max(ids.values(), default=0) + 1
+        self._replay_journal()
         Path(self.events_dir).mkdir(parents=True, exist_ok=True)
         segments = sorted(Path(self.events_dir).glob("events-*.json"))
         self._segment_index = int(segments[-1].stem.split("-")[1]) if segments else 1
         current = self._segment_path(self._segment_index)
         data = AtomicJSONStorage(current).read() or {}
         self._segment_docs = dict(data.get("events", {}))
+
+    def _replay_journal(self) -> None:
+        """Apply changes made after the last compaction; a torn last line (a crash mid-write) is skipped."""
+        try:
+            with open(self.journal_path, encoding="utf-8") as handle:
+                lines = handle.read().split("\n")
+        except FileNotFoundError:
+            return
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                change = json.loads(line)
+                table, key = change["t"], change["k"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                log.warning("%s: skipped an incomplete journal line", self.journal_path)
+                continue
+            if change.get("d") is None:
+                self._tables.get(table, {}).pop(key, None)
+            else:
+                self._tables.setdefault(table, {})[key] = change["d"]
+        # Fold what was replayed into the TinyDB file, so the journal starts empty.
+        assert self._db is not None
+        self._db.storage.write(self._snapshot())
+        open(self.journal_path, "w").close()
 
     def _segment_path(self, index: int) -> str:
         return os.path.join(self.events_dir, f"events-{index:06d}.json")
@@ -195,7 +227,9 @@ class TinyDbStore(Store):
         return dict(self._tables.get(table, {}))
 
     async def put(self, table: str, key: str, doc: Doc) -> None:
-        self._tables.setdefault(table, {})[key] = dict(doc)
+        stored = dict(doc)
+        self._tables.setdefault(table, {})[key] = stored
+        self._changes.append((table, key, stored))
         await self._durable()
 
     async def put_if_absent(self, table: str, key: str, doc: Doc) -> Doc:
@@ -207,6 +241,7 @@ class TinyDbStore(Store):
 
     async def delete(self, table: str, key: str) -> None:
         if self._tables.get(table, {}).pop(key, None) is not None:
+            self._changes.append((table, key, None))
             await self._durable()
 
     async def _durable(self) -> None:
@@ -240,11 +275,14 @@ class TinyDbStore(Store):
             await self._state_dirty.wait()
             self._state_dirty.clear()
             waiters, self._state_waiters = self._state_waiters, []
-            snapshot = self._snapshot()
+            changes, self._changes = self._changes, []
+            lines = "".join(json.dumps({"t": t, "k": k, "d": d}, separators=(",", ":"), ensure_ascii=False) + "\n"
+                            for t, k, d in changes)
+            compact = self._journal_bytes + len(lines) > self.COMPACT_AFTER_BYTES
+            snapshot = self._snapshot() if compact else None
             started = time.perf_counter()
             try:
-                assert self._db is not None
-                await loop.run_in_executor(self._executor, self._db.storage.write, snapshot)
+                await loop.run_in_executor(self._executor, self._write_state, lines, snapshot)
             except Exception as exc:  # a full disk must fail the callers, not the writer
                 log.error("store write failed: %s", exc)
                 for waiter in waiters:
@@ -255,6 +293,22 @@ class TinyDbStore(Store):
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+
+    def _write_state(self, lines: str, snapshot: dict[str, dict[str, Doc]] | None) -> None:
+        """Runs in the writer thread: journal append + fsync, or a compaction into the TinyDB file."""
+        if snapshot is not None:
+            assert self._db is not None
+            self._db.storage.write(snapshot)  # holds every change so far, the batch's included
+            with open(self.journal_path, "w") as handle:
+                handle.flush()
+                os.fsync(handle.fileno())
+            self._journal_bytes = 0
+            return
+        with open(self.journal_path, "a", encoding="utf-8") as handle:
+            handle.write(lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._journal_bytes += len(lines)
 
     def _account(self, seconds: float) -> None:
         self.writes_total += 1
