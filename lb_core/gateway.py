@@ -221,6 +221,13 @@ class Gateway:
             raise errors.missing_meeting_id()
         return self.meetings.get(call.integration.name, meeting_id)
 
+    def known_record(self, call: Call) -> MeetingRecord:
+        """The call's meeting, or BBB's notFound answer."""
+        record = self.record_for(call)
+        if record is None:
+            raise errors.not_found()
+        return record
+
     async def forward(self, server: Server, call: Call, info: Answer, query: RawQuery | None = None,
                       *, body: bytes | None = None, content_type: str | None = None,
                       timeout_s: float | None = None) -> BackendReply:
@@ -470,9 +477,7 @@ class Gateway:
     # --- join and meeting calls ----------------------------------------------------------------------
 
     async def join(self, call: Call, info: Answer) -> Answer:
-        record = self.record_for(call)
-        if record is None:
-            raise errors.not_found()
+        record = self.known_record(call)
         server = self.server_of(record)
         info.server = server.name
         role = call.param("role").upper()
@@ -499,9 +504,7 @@ class Gateway:
                                now_ms())
 
     async def end(self, call: Call, info: Answer) -> Answer:
-        record = self.record_for(call)
-        if record is None:
-            raise errors.not_found()
+        record = self.known_record(call)
         server = self.server_of(record)
         answer, root = await self.routed(server, call, info)
         if root is not None and (is_success(root) or bbbxml.text_of(root, "messageKey") == "notFound"):
@@ -526,18 +529,14 @@ class Gateway:
         return answer
 
     async def get_meeting_info(self, call: Call, info: Answer) -> Answer:
-        record = self.record_for(call)
-        if record is None:
-            raise errors.not_found()
+        record = self.known_record(call)
         answer, root = await self.routed(self.server_of(record), call, info)
         if root is not None and bbbxml.text_of(root, "messageKey") == "notFound":
             await self.forget(record)
         return answer
 
     async def routed_by_meeting(self, call: Call, info: Answer) -> Answer:
-        record = self.record_for(call)
-        if record is None:
-            raise errors.not_found()
+        record = self.known_record(call)
         answer, _ = await self.routed(self.server_of(record), call, info)
         return answer
 
@@ -770,9 +769,7 @@ class Gateway:
         return _with_info(Answer(200, text.encode(), dict(bbbxml.XML_HEADERS)), info)
 
     async def set_config_xml(self, call: Call, info: Answer) -> Answer:
-        record = self.record_for(call)
-        if record is None:
-            raise errors.not_found()
+        record = self.known_record(call)
         server = self.server_of(record)
         config_xml = call.param("configXML")
         if not config_xml:
