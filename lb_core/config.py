@@ -107,6 +107,7 @@ class Config:
     callback_retry_delays_s: tuple[float, ...] = (1, 2, 5, 10, 30, 60, 120, 300, 600)
     running_cache_s: float = 1.0
     get_meetings_cache_s: float = 2.0
+    record_events: bool = True
 
     @property
     def default_integration(self) -> IntegrationConfig:
@@ -399,6 +400,10 @@ def parse(data: Any, source: str = "config.yaml", base_dir: Path | None = None) 
         raise cb.fail("retry_delays_s", "must be a non-empty list of seconds")
     cb.done()
 
+    ev = top.mapping("events")
+    record_events = ev.boolean("enabled", True)
+    ev.done()
+
     cache = top.mapping("cache")
     running_cache_s = float(cache.number("is_meeting_running_s", 1.0))
     get_meetings_cache_s = float(cache.number("get_meetings_s", 2.0))
@@ -431,6 +436,7 @@ def parse(data: Any, source: str = "config.yaml", base_dir: Path | None = None) 
         callback_retry_delays_s=tuple(float(d) for d in delays),
         running_cache_s=running_cache_s,
         get_meetings_cache_s=get_meetings_cache_s,
+        record_events=record_events,
     )
 
 

@@ -112,8 +112,9 @@ def _ms(day: date) -> int:
 class EventLog:
     """The in-memory index of meeting events, fed by the store at start and by the gateway after."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, enabled: bool = True) -> None:
         self.store = store
+        self.enabled = enabled  # off: nothing new is recorded (user names stay off the disk)
         self._events: dict[str, MeetingEvent] = {}
         self._by_integration: dict[str, list[MeetingEvent]] = {}
         self.recorded_total = 0
@@ -150,6 +151,8 @@ class EventLog:
 
     def created(self, *, integration: str, meeting_id: str, name: str, at: int, server_name: str,
                 server_url: str, query: list[tuple[str, str]]) -> str:
+        if not self.enabled:
+            return ""
         event_id = uuid.uuid4().hex
         self._record({"t": "create", "id": event_id, "i": integration, "m": meeting_id, "n": name, "at": at,
                       "s": server_name, "u": server_url, "q": [list(p) for p in query]})

@@ -103,6 +103,9 @@ class Gateway:
         self._running_cache: dict[str, tuple[float, bytes]] = {}
         # getMeetings listings per server (from polls or live calls), reused while young enough.
         self._listings: dict[str, tuple[float, list[tuple[str, str]]]] = {}
+        self._refreshing: dict[str, asyncio.Future[None]] = {}
+        self._fresh: dict[str, list[tuple[str, str]]] = {}  # the latest answer per server, cached or not
+        self._changed_at: dict[str, float] = {}
 
     def set_integrations(self, integrations: list[IntegrationConfig]) -> None:
         self.integrations = {i.name: i for i in integrations}
@@ -578,8 +581,12 @@ class Gateway:
     def visible_to(self, node: etree._Element, integration: IntegrationConfig) -> bool:
         return self.owner_of(node) == integration.name
 
-    def remember_listing(self, server: Server, root: etree._Element) -> list[tuple[str, str]]:
-        """A server's getMeetings answer as (owning integration, serialised meeting with its <server>)."""
+    def remember_listing(self, server: Server, root: etree._Element, asked_at: float) -> list[tuple[str, str]]:
+        """A server's getMeetings answer as (owning integration, serialised meeting with its <server>).
+
+        ``asked_at`` (time.monotonic() when the request left): an answer asked for before the LB last
+        changed that server's meetings is used once but not kept.
+        """
         listing: list[tuple[str, str]] = []
         for meeting in root.iterfind("meetings/meeting"):
             block = etree.SubElement(meeting, "server")
@@ -587,12 +594,25 @@ class Gateway:
             etree.SubElement(block, "address").text = server.address
             etree.SubElement(block, "url").text = server.base_url
             listing.append((self.owner_of(meeting), bbbxml.serialize(meeting)))
-        self._listings[server.name] = (time.monotonic(), listing)
+        if asked_at >= self._changed_at.get(server.name, 0.0):
+            self._listings[server.name] = (asked_at, listing)
         return listing
 
     def forget_listing(self, server_name: str) -> None:
         """The LB changed this server's meetings: its next getMeetings must be fresh."""
         self._listings.pop(server_name, None)
+        self._changed_at[server_name] = time.monotonic()
+
+    async def _refresh_listings(self, servers: list[Server], info: Answer) -> None:
+        asked_at = time.monotonic()
+        for server in servers:
+            self._fresh.pop(server.name, None)  # a server that fails now is left out, not shown as it was
+        try:
+            for server, root in await self.fan_out("getMeetings", RawQuery.parse(""), info, servers):
+                self._fresh[server.name] = self.remember_listing(server, root, asked_at)
+        finally:
+            for server in servers:
+                self._refreshing.pop(server.name, None)
 
     async def get_meetings(self, call: Call, info: Answer) -> Answer:
         max_age = self.config.get_meetings_cache_s
@@ -606,8 +626,19 @@ class Gateway:
             else:
                 stale.append(server)
         if stale:
-            for server, root in await self.fan_out("getMeetings", RawQuery.parse(""), info, stale):
-                listings[server.name] = self.remember_listing(server, root)
+            # One refresh per server at a time: concurrent callers wait for it rather than
+            # each asking every server again (a burst of 32 callers x 50 servers otherwise).
+            mine = [s for s in stale if s.name not in self._refreshing]
+            if mine:
+                refresh = asyncio.ensure_future(self._refresh_listings(mine, info))
+                for server in mine:
+                    self._refreshing[server.name] = refresh
+            waits = {id(f): f for s in stale if (f := self._refreshing.get(s.name)) is not None}
+            await asyncio.gather(*waits.values(), return_exceptions=True)
+            info.route = "merged"
+            for server in stale:
+                if (fresh := self._fresh.get(server.name)) is not None:
+                    listings[server.name] = fresh
         else:
             info.route = "cached"
         owner = call.integration.name

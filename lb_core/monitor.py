@@ -30,7 +30,7 @@ class Monitor:
     def __init__(self, config: Config, pool: Pool, meetings: MeetingRegistry, backend: BackendClient,
                  forget: Callable[[MeetingRecord, int | None], Awaitable[None]],
                  after_poll: Callable[[Server], Awaitable[None]] | None = None,
-                 on_listing: Callable[[Server, Any], object] | None = None) -> None:
+                 on_listing: Callable[[Server, Any, float], object] | None = None) -> None:
         self.config = config
         self.pool = pool
         self.meetings = meetings
@@ -81,6 +81,7 @@ class Monitor:
         started = time.time()
         if server.status == Status.UNDEFINED:
             server.status = Status.PENDING
+        asked_at = time.monotonic()
         try:
             reply = await self.backend.call(server.config, "getMeetings", "", timeout_s=monitor.timeout_s)
         except BackendError as exc:
@@ -113,7 +114,7 @@ class Monitor:
             if bridge := (meeting.findtext("voiceBridge") or "").strip():
                 bridges.add(bridge)
         if self.on_listing is not None:
-            self.on_listing(server, root)
+            self.on_listing(server, root, asked_at)
         was = server.status
         server.record_poll_success(meetings, monitor, started, self.config.balancer.warmup_s)
         server.voice_bridges = bridges

@@ -54,7 +54,7 @@ class LoadBalancer:
         self.store = store
         self.pool = Pool(list(config.servers))
         self.meetings = MeetingRegistry(store)
-        self.events = EventLog(store)
+        self.events = EventLog(store, config.record_events)
         self.backend: BackendClient | None = None
         self.gateway: Gateway | None = None
         self.monitor: Monitor | None = None

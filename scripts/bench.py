@@ -749,6 +749,16 @@ def bbb_lb_cases(command: list[str] | None) -> list[Case]:
         return Target(lb.url, new_meeting_paths(lb, env.args.duration), pids=lb_pids(lb, sim),
                       note="new meetings; state grows during the run")
 
+    async def join_without_events(env: Env) -> Target:
+        sim, lb, ids = await lb_with_meetings(env, 3, 1000, extra={"events": {"enabled": False}})
+        return Target(lb.url, join_paths(lb, ids), pids=lb_pids(lb, sim), note="events.enabled: false")
+
+    async def server_get_meetings(env: Env) -> Target:
+        """One of 50 servers answering getMeetings itself: what bbb-lb's merge is judged against."""
+        sim, lb, _ = await lb_with_meetings(env, 50, 50)
+        server = sim.servers[0]
+        return Target(server.origin, [signed_path("getMeetings", [], server.secret)], pids={"sim": sim.child.pid})
+
     def get_meetings(servers: int) -> Callable[[Env], Awaitable[Target]]:
         async def setup(env: Env) -> Target:
             sim, lb, _ = await lb_with_meetings(env, servers, 50)
@@ -784,6 +794,10 @@ def bbb_lb_cases(command: list[str] | None) -> list[Case]:
              setup=routed("getMeetingInfo"), baseline="lean-forward"),
         Case("lb-create", "create of new meetings (balancer pick + store write), 3 servers",
              setup=create, baseline="lean-forward"),
+        Case("lb-join-no-events", "join redirect with meeting events switched off (their cost)",
+             setup=join_without_events, baseline="lean-local"),
+        Case("sim-getMeetings-50", "one of 50 simulated servers answering getMeetings itself",
+             setup=server_get_meetings, baseline="sim-direct"),
         Case("lb-getMeetings-3", "getMeetings fan-out over 3 servers, 50 meetings in all",
              setup=get_meetings(3), baseline="lean-forward"),
         Case("lb-getMeetings-50", "getMeetings fan-out over 50 servers, 50 meetings in all",
