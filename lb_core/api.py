@@ -65,6 +65,7 @@ class Call:
     integration: IntegrationConfig
     client_ip: str
     forwarded_for: str = ""
+    content_type_header: str = ""  # as sent, parameters (a multipart boundary) included
 
     def param(self, key: str, default: str = "") -> str:
         for k, v in self.pairs:

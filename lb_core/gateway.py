@@ -206,7 +206,7 @@ class Gateway:
                 forward_body = None  # the body itself was signed: it travels as the query
         forwarded_for = request.headers.get("x-forwarded-for", "")
         return Call(name, request.method, query, pairs, forward_body, content_type, owner, request.client_ip,
-                    forwarded_for)
+                    forwarded_for, request.headers.get("content-type", ""))
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -241,7 +241,8 @@ class Gateway:
         try:
             reply = await self.backend.call(
                 server.config, call.name, query.text, method=method, body=forward_body,
-                content_type=content_type or (call.content_type if forward_body else None), timeout_s=timeout_s,
+                content_type=content_type or (call.content_type_header if forward_body else None),
+                timeout_s=timeout_s,
             )
         except BackendError as exc:
             info.backend.append({"server": server.name, "call": call.name, "error": str(exc)})

@@ -347,3 +347,24 @@ def test_servers_without_config_xml_answer_their_own_error(tmp_path):
             lb.stop()
         new_server.process.terminate()
         new_server.process.wait(10)
+
+
+def test_put_recording_text_track_forwards_the_multipart_upload(recordings, sim):
+    boundary = "bbblbBoundary7d3"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"captions.vtt\"\r\n"
+            "Content-Type: text/vtt\r\n\r\nWEBVTT\n\n00:00.000 --> 00:01.000\nHello\n\r\n"
+            f"--{boundary}--\r\n").encode()
+    url = recordings.sign("putRecordingTextTrack", "recordID=rec-3&kind=subtitles&lang=en-US&label=English")
+    reply = http(url, method="POST", data=body,
+                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert reply.headers["Content-Type"].startswith("application/json"), reply.text
+    assert '"SUCCESS"' in reply.text, reply.text
+    forwarded = [r for r in sim.requests("bbb3") if r["call"] == "putRecordingTextTrack"][-1]
+    assert forwarded["checksum_ok"] and forwarded["body_length"] == len(body)
+    assert f"boundary={boundary}" in forwarded["content_type"]
+
+
+@pytest.mark.parametrize("call", ["getJoinUrl", "getSessions", "hooks/create", "feedback", "enter"])
+def test_calls_bbb_lb_does_not_serve_answer_unsupported(lb, call):
+    reply = lb.call(call, {"meetingID": "x"})
+    assert (reply.field("returncode"), reply.field("messageKey")) == ("FAILED", "unsupportedRequest")
