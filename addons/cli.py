@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", default="config.yaml", help="the YAML configuration (default: config.yaml)")
     run.add_argument("--web", action="store_true", help="serve mitmweb's UI to watch the API traffic")
     run.add_argument("--web-port", type=int, default=8081)
-    run.add_argument("--web-password", default="", help="mitmweb password (default: a token is printed)")
+    run.add_argument("--web-password", default="",
+                     help="password for the --web UI (or set $BBB_LB_WEB_PASSWORD; default: a random one, printed)")
     run.add_argument("--save", default="", help="save flows to this file (mitmproxy format)")
     run.add_argument("--save-max-mb", type=_positive_mb, default=100.0,
                      help="rotate the --save file when it exceeds this many MB (default 100; fractions allowed)")

@@ -1,7 +1,8 @@
 """``bbb-lb replay``: send a captured session to another load balancer and report what answers differently.
 
 Reading flow files is mitmproxy's business, so it lives here; re-signing, prefixing and judging
-answers are in ``lb_core.replay``.
+answers are in ``lb_core.replay``. mitmproxy and aiohttp are imported only when a replay runs:
+``bbb-lb`` builds its whole parser for every command, and they would slow down ``bbb-lb servers list``.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
-
-import aiohttp
-from mitmproxy import exceptions, http, io
-from yarl import URL
+from typing import TYPE_CHECKING, Any
 
 from lb_core import replay
+
+if TYPE_CHECKING:
+    import aiohttp
+    from mitmproxy import http
 
 SECRET_ENV = "BBB_REPLAY_SECRET"
 
@@ -84,6 +85,8 @@ def captured_call(flow: http.HTTPFlow) -> Captured | None:
 
 def load(paths: list[str]) -> list[Captured]:
     """Every API call in the files (rotated pieces may be given together), in the order they were made."""
+    from mitmproxy import exceptions, http, io
+
     calls: list[Captured] = []
     for path in paths:
         with open(path, "rb") as f:
@@ -99,6 +102,9 @@ def load(paths: list[str]) -> list[Captured]:
 
 async def send(session: aiohttp.ClientSession, captured: Captured, target: str, secret: str, prefix: str,
                follow: bool) -> tuple[replay.Outcome, bool, int | None]:
+    import aiohttp
+    from yarl import URL
+
     resign = replay.should_resign(captured.raw_query, captured.body.decode("utf-8", "replace"),
                                   captured.checksum_state, captured.recorded)
     rewritten = replay.rewrite(captured.call, captured.raw_query, captured.body, captured.content_type, secret,
@@ -127,6 +133,8 @@ async def send(session: aiohttp.ClientSession, captured: Captured, target: str, 
 
 async def run_replay(calls: list[Captured], *, target: str, secret: str, prefix: str, pace: str, follow: bool,
                      timeout_s: float) -> list[Result]:
+    import aiohttp
+
     results: list[Result] = []
     offsets = replay.offsets([c.timestamp for c in calls])
     timeout = aiohttp.ClientTimeout(total=timeout_s)

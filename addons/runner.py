@@ -66,11 +66,13 @@ async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_
     if web:
         from mitmproxy.tools.web.master import WebMaster
 
+        from addons import webauth
+
         m: master.Master = WebMaster(opts, with_termlog=False)
         m.addons.add(*chain)
-        opts.update(web_host="127.0.0.1", web_port=web_port, web_open_browser=False)
-        if web_password:
-            opts.update(web_password=web_password)
+        opts.update(web_host="127.0.0.1", web_port=web_port, web_open_browser=False)  # loopback only
+        password, generated = webauth.resolve_password(web_password)
+        webauth.protect_web(m, opts, password, generated, web_port)
     else:
         m = master.Master(opts)
         m.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
