@@ -102,9 +102,9 @@ class Gateway:
         # isMeetingRunning answers per meeting key, briefly: integrations poll it while users wait.
         self._running_cache: dict[str, tuple[float, bytes]] = {}
         # getMeetings listings per server (from polls or live calls), reused while young enough.
-        self._listings: dict[str, tuple[float, list[tuple[str, str]]]] = {}
+        self._listings: dict[str, tuple[float, Listing]] = {}
         self._refreshing: dict[str, asyncio.Future[None]] = {}
-        self._fresh: dict[str, list[tuple[str, str]]] = {}  # the latest answer per server, cached or not
+        self._fresh: dict[str, Listing] = {}  # the latest answer per server, cached or not
         self._changed_at: dict[str, float] = {}
 
     def set_integrations(self, integrations: list[IntegrationConfig]) -> None:
@@ -582,19 +582,14 @@ class Gateway:
     def visible_to(self, node: etree._Element, integration: IntegrationConfig) -> bool:
         return self.owner_of(node) == integration.name
 
-    def remember_listing(self, server: Server, root: etree._Element, asked_at: float) -> list[tuple[str, str]]:
-        """A server's getMeetings answer as (owning integration, serialised meeting with its <server>).
+    def remember_listing(self, server: Server, root: etree._Element, asked_at: float) -> Listing:
+        """A server's getMeetings answer, kept for later getMeetings calls.
 
         ``asked_at`` (time.monotonic() when the request left): an answer asked for before the LB last
-        changed that server's meetings is used once but not kept.
+        changed that server's meetings is used once but not kept. The meetings are serialised only
+        when a getMeetings needs them, not at every poll.
         """
-        listing: list[tuple[str, str]] = []
-        for meeting in root.iterfind("meetings/meeting"):
-            block = etree.SubElement(meeting, "server")
-            etree.SubElement(block, "name").text = server.name
-            etree.SubElement(block, "address").text = server.address
-            etree.SubElement(block, "url").text = server.base_url
-            listing.append((self.owner_of(meeting), bbbxml.serialize(meeting)))
+        listing = Listing(server, root)
         if asked_at >= self._changed_at.get(server.name, 0.0):
             self._listings[server.name] = (asked_at, listing)
         return listing
@@ -618,7 +613,7 @@ class Gateway:
     async def get_meetings(self, call: Call, info: Answer) -> Answer:
         max_age = self.config.get_meetings_cache_s
         now = time.monotonic()
-        listings: dict[str, list[tuple[str, str]]] = {}
+        listings: dict[str, Listing] = {}
         stale: list[Server] = []
         for server in self.fan_out_servers():
             cached = self._listings.get(server.name)
@@ -643,8 +638,8 @@ class Gateway:
         else:
             info.route = "cached"
         owner = call.integration.name
-        parts = [xml for server in self.fan_out_servers() for who, xml in listings.get(server.name, ())
-                 if who == owner]
+        parts = [xml for server in self.fan_out_servers() if (listing := listings.get(server.name)) is not None
+                 for who, xml in listing.meetings() if who == owner]
         info.result = "SUCCESS"
         if not parts:
             return _with_info(Answer.xml(bbbxml.success([
@@ -822,6 +817,30 @@ class Gateway:
         info.backend.append({"server": server.name, "call": call.name, "status": reply.status})
         info.server = server.name
         return self.relay(reply, info, call)[0]
+
+
+class Listing:
+    """One server's getMeetings answer: (owning integration, meeting XML with its <server>) pairs, made once."""
+
+    __slots__ = ("_meetings", "root", "server")
+
+    def __init__(self, server: Server, root: etree._Element) -> None:
+        self.server = server
+        self.root: etree._Element | None = root
+        self._meetings: list[tuple[str, str]] | None = None
+
+    def meetings(self) -> list[tuple[str, str]]:
+        if self._meetings is None:
+            assert self.root is not None
+            server, found = self.server, []
+            for meeting in self.root.iterfind("meetings/meeting"):
+                block = etree.SubElement(meeting, "server")
+                etree.SubElement(block, "name").text = server.name
+                etree.SubElement(block, "address").text = server.address
+                etree.SubElement(block, "url").text = server.base_url
+                found.append((Gateway.owner_of(meeting), bbbxml.serialize(meeting)))
+            self._meetings, self.root = found, None
+        return self._meetings
 
 
 GEOLOC_FIELDS = ("address", "ip", "countryCode", "countryCode3", "countryName", "city", "latitude", "longitude",

@@ -26,6 +26,32 @@ def _count(node, tag: str) -> int:  # type: ignore[no-untyped-def]
     return int(text) if text.isdigit() else 0
 
 
+def read_listing(body: bytes) -> tuple[Any, dict[str, MeetingLoad], set[str]]:
+    """A getMeetings answer: the parsed root, each running meeting's load, the voice bridges in use.
+
+    A FAILED answer gives ``(None, {}, {messageKey})``.
+    """
+    root = bbbxml.parse(body)
+    if bbbxml.returncode(root) != "SUCCESS":
+        return None, {}, {bbbxml.text_of(root, "messageKey")}
+    meetings: dict[str, MeetingLoad] = {}
+    bridges: set[str] = set()
+    for meeting in root.iterfind("meetings/meeting"):
+        meeting_id = meeting.findtext("meetingID") or ""
+        if (meeting.findtext("hasBeenForciblyEnded") or "") == "true" or meeting.findtext("endTime") not in (
+            None, "", "0"
+        ):
+            continue
+        meetings[meeting_id] = MeetingLoad(
+            participants=_count(meeting, "participantCount"),
+            voice=_count(meeting, "voiceParticipantCount"),
+            video=_count(meeting, "videoCount"),
+        )
+        if bridge := (meeting.findtext("voiceBridge") or "").strip():
+            bridges.add(bridge)
+    return root, meetings, bridges
+
+
 class Monitor:
     def __init__(self, config: Config, pool: Pool, meetings: MeetingRegistry, backend: BackendClient,
                  forget: Callable[[MeetingRecord, int | None], Awaitable[None]],
@@ -90,33 +116,19 @@ class Monitor:
         if reply.status != 200:
             self._failed(server, f"HTTP {reply.status}", unreachable=False)
             return
+        # Parsing a busy server's listing is real work: do it in a thread, not on the proxy's loop.
         try:
-            root = bbbxml.parse(reply.body)
+            root, meetings, bridges = await asyncio.to_thread(read_listing, reply.body)
         except bbbxml.XmlError as exc:
             self._failed(server, f"unreadable answer: {exc}", unreachable=False)
             return
-        if bbbxml.returncode(root) != "SUCCESS":
-            self._failed(server, f"FAILED {bbbxml.text_of(root, 'messageKey')}", unreachable=False)
+        if root is None:
+            self._failed(server, f"FAILED {bridges.pop() if bridges else ''}", unreachable=False)
             return
-        meetings: dict[str, MeetingLoad] = {}
-        bridges: set[str] = set()
-        for meeting in root.iterfind("meetings/meeting"):
-            meeting_id = meeting.findtext("meetingID") or ""
-            if (meeting.findtext("hasBeenForciblyEnded") or "") == "true" or meeting.findtext("endTime") not in (
-                None, "", "0"
-            ):
-                continue
-            meetings[meeting_id] = MeetingLoad(
-                participants=_count(meeting, "participantCount"),
-                voice=_count(meeting, "voiceParticipantCount"),
-                video=_count(meeting, "videoCount"),
-            )
-            if bridge := (meeting.findtext("voiceBridge") or "").strip():
-                bridges.add(bridge)
         if self.on_listing is not None:
             self.on_listing(server, root, asked_at)
         was = server.status
-        server.record_poll_success(meetings, monitor, started, self.config.balancer.warmup_s)
+        server.record_poll_success(meetings, monitor, started, self.config.balancer)
         server.voice_bridges = bridges
         if was != server.status:
             log.info("server %s is %s", server.name, server.status.name.lower())

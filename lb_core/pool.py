@@ -53,6 +53,12 @@ class Server:
     recent_creates: dict[str, float] = field(default_factory=dict)
     joins_since_poll: int = 0
     voice_bridges: set[str] = field(default_factory=set)  # in use on the server, as last polled
+    _participants: int = 0
+    _voice: int = 0
+    _video: int = 0
+    _seen_predicted: float = 0.0
+    _unseen: dict[str, float] = field(default_factory=dict)  # created, not yet seen by a poll
+    _unseen_created_sum: float = 0.0
     geoloc: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -77,21 +83,24 @@ class Server:
     def healthy(self) -> bool:
         return self.status not in (Status.DOWN, Status.UNREACHABLE)
 
+    # Totals are kept up to date as things change, so placing a meeting costs the same with 10
+    # meetings known or 10,000 (it used to walk every meeting of every server).
+
     @property
     def participants(self) -> int:
-        return sum(m.participants for m in self.meetings.values()) + self.joins_since_poll
+        return self._participants + self.joins_since_poll
 
     @property
     def voice(self) -> int:
-        return sum(m.voice for m in self.meetings.values())
+        return self._voice
 
     @property
     def video(self) -> int:
-        return sum(m.video for m in self.meetings.values())
+        return self._video
 
     @property
     def meeting_count(self) -> int:
-        return len(self.meetings) + sum(1 for m in self.recent_creates if m not in self.meetings)
+        return len(self.meetings) + len(self._unseen)
 
     def over_limits(self) -> str | None:
         limit = self.config.max_meetings
@@ -115,18 +124,18 @@ class Server:
         return self.auto_disabled
 
     def predicted_load(self, balancer: BalancerConfig, now: float) -> float:
-        """Participants that new meetings are expected to bring and have not brought yet."""
+        """Participants that new meetings are expected to bring and have not brought yet.
+
+        A meeting no poll has seen yet counts ``meeting_size``, fading linearly over ``warmup_s``
+        (summed in O(1) from the count and the sum of creation times); one a poll has seen counts
+        what is still missing of that expectation, as of that poll.
+        """
         if balancer.warmup_s <= 0:
             return 0.0
-        total = 0.0
-        for meeting_id, created in self.recent_creates.items():
-            age = max(0.0, now - created)
-            if age >= balancer.warmup_s:
-                continue
-            expected = balancer.meeting_size * (1.0 - age / balancer.warmup_s)
-            seen = self.meetings.get(meeting_id)
-            total += max(0.0, expected - (seen.participants if seen else 0))
-        return total
+        count = len(self._unseen)
+        rate = balancer.meeting_size / balancer.warmup_s
+        unseen = balancer.meeting_size * count - rate * (count * now - self._unseen_created_sum)
+        return self._seen_predicted + max(0.0, unseen)
 
     def load(self, balancer: BalancerConfig, now: float) -> float:
         """Load in participant units: meetings, people, their media, and what is expected."""
@@ -139,15 +148,26 @@ class Server:
         )
 
     def record_poll_success(
-        self, meetings: dict[str, MeetingLoad], monitor: MonitorConfig, started: float, warmup_s: float
+        self, meetings: dict[str, MeetingLoad], monitor: MonitorConfig, started: float, balancer: BalancerConfig
     ) -> None:
         """Take a poll's view; ``started`` is when the poll began (time.time())."""
         self.meetings = meetings
         self.joins_since_poll = 0
+        self._participants = sum(m.participants for m in meetings.values())
+        self._voice = sum(m.voice for m in meetings.values())
+        self._video = sum(m.video for m in meetings.values())
+        seen_predicted = 0.0
         for meeting_id, created in list(self.recent_creates.items()):
             gone = meeting_id not in meetings and created < started
-            if gone or started - created >= warmup_s:
+            age = started - created
+            if gone or age >= balancer.warmup_s:
                 del self.recent_creates[meeting_id]
+            elif meeting_id in meetings and balancer.warmup_s > 0:
+                expected = balancer.meeting_size * (1.0 - max(0.0, age) / balancer.warmup_s)
+                seen_predicted += max(0.0, expected - meetings[meeting_id].participants)
+        self._seen_predicted = seen_predicted
+        self._unseen = {m: c for m, c in self.recent_creates.items() if m not in meetings}
+        self._unseen_created_sum = sum(self._unseen.values())
         self.consecutive_failures = 0
         self.consecutive_successes += 1
         self.last_error = ""
@@ -169,13 +189,21 @@ class Server:
 
     def note_create(self, backend_meeting_id: str, now: float) -> None:
         self.recent_creates[backend_meeting_id] = now
+        if backend_meeting_id not in self.meetings and backend_meeting_id not in self._unseen:
+            self._unseen[backend_meeting_id] = now
+            self._unseen_created_sum += now
 
     def note_join(self) -> None:
         self.joins_since_poll += 1
 
     def note_end(self, backend_meeting_id: str) -> None:
         self.recent_creates.pop(backend_meeting_id, None)
-        self.meetings.pop(backend_meeting_id, None)
+        if (created := self._unseen.pop(backend_meeting_id, None)) is not None:
+            self._unseen_created_sum -= created
+        if (gone := self.meetings.pop(backend_meeting_id, None)) is not None:
+            self._participants -= gone.participants
+            self._voice -= gone.voice
+            self._video -= gone.video
 
     def summary(self, balancer: BalancerConfig, now: float) -> dict[str, Any]:
         return {

@@ -42,7 +42,7 @@ def test_real_participants_replace_the_prediction():
     s1, s2 = pool.get("s1"), pool.get("s2")
     s1.note_create("big", 1000.0)
     assert s1.load(BALANCER, 1000.0) == 1 + 15  # one meeting plus its expected size
-    s1.record_poll_success({"big": MeetingLoad(participants=40, voice=10, video=4)}, MONITOR, 1001.0, 900)
+    s1.record_poll_success({"big": MeetingLoad(participants=40, voice=10, video=4)}, MONITOR, 1001.0, BALANCER)
     assert s1.load(BALANCER, 1001.0) == 1 + 40 + 5 + 4
     assert place(pool, BALANCER, 1001.0).order[0] is s2
     # The expectation fades out over the warm-up time.
@@ -89,7 +89,7 @@ def test_status_hysteresis():
     assert server.status == Status.UP
     server.record_poll_failure("refused", True, MONITOR)
     assert server.status == Status.UNREACHABLE and server.is_disabled
-    server.record_poll_success({}, MONITOR, 0.0, 900)
+    server.record_poll_success({}, MONITOR, 0.0, BALANCER)
     assert server.status == Status.UNREACHABLE
-    server.record_poll_success({}, MONITOR, 0.0, 900)
+    server.record_poll_success({}, MONITOR, 0.0, BALANCER)
     assert server.status == Status.UP and not server.is_disabled
