@@ -128,8 +128,10 @@ class TinyDbStore(Store):
         self._next_id: dict[str, int] = {}
         self._db: TinyDB | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bbb-lb-store")
-        self.journal_path = path + ".journal"
+        self._journal_index = 1
         self._journal_bytes = 0
+        self._compaction: asyncio.Task[None] | None = None
+        self._compactor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bbb-lb-compact")
         self._state_dirty = asyncio.Event()
         self._state_waiters: list[asyncio.Future[None]] = []
         self._changes: list[tuple[str, str, Doc | None]] = []
@@ -177,30 +179,37 @@ class TinyDbStore(Store):
         data = AtomicJSONStorage(current).read() or {}
         self._segment_docs = dict(data.get("events", {}))
 
+    @property
+    def journal_path(self) -> str:
+        """The journal new changes go to; older ones wait to be folded into the TinyDB file."""
+        return f"{self.path}.journal.{self._journal_index:06d}"
+
+    def _journals(self) -> list[Path]:
+        folder, name = Path(self.path).parent, Path(self.path).name
+        return sorted(folder.glob(name + ".journal*"))
+
     def _replay_journal(self) -> None:
         """Apply changes made after the last compaction; a torn last line (a crash mid-write) is skipped."""
-        try:
-            with open(self.journal_path, encoding="utf-8") as handle:
-                lines = handle.read().split("\n")
-        except FileNotFoundError:
-            return
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                change = json.loads(line)
-                table, key = change["t"], change["k"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                log.warning("%s: skipped an incomplete journal line", self.journal_path)
-                continue
-            if change.get("d") is None:
-                self._tables.get(table, {}).pop(key, None)
-            else:
-                self._tables.setdefault(table, {})[key] = change["d"]
-        # Fold what was replayed into the TinyDB file, so the journal starts empty.
+        journals = self._journals()
+        for journal in journals:
+            for line in journal.read_text(encoding="utf-8").split("\n"):
+                if not line.strip():
+                    continue
+                try:
+                    change = json.loads(line)
+                    table, key = change["t"], change["k"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    log.warning("%s: skipped an incomplete journal line", journal)
+                    continue
+                if change.get("d") is None:
+                    self._tables.get(table, {}).pop(key, None)
+                else:
+                    self._tables.setdefault(table, {})[key] = change["d"]
+        # Fold what was replayed into the TinyDB file, so the journals start empty.
         assert self._db is not None
         self._db.storage.write(self._snapshot())
-        open(self.journal_path, "w").close()
+        for journal in journals:
+            journal.unlink()
 
     def _segment_path(self, index: int) -> str:
         return os.path.join(self.events_dir, f"events-{index:06d}.json")
@@ -209,6 +218,8 @@ class TinyDbStore(Store):
         if self._closed:
             return
         await self.flush()
+        if self._compaction is not None:
+            await self._compaction
         self._closed = True
         for task in (self._writer, self._event_writer):
             if task:
@@ -216,6 +227,7 @@ class TinyDbStore(Store):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._executor.shutdown(wait=True)
+        self._compactor.shutdown(wait=True)
 
     # --- tables ----------------------------------------------------------------------------
 
@@ -281,37 +293,56 @@ class TinyDbStore(Store):
             changes, self._changes = self._changes, []
             lines = "".join(json.dumps({"t": t, "k": k, "d": d}, separators=(",", ":"), ensure_ascii=False) + "\n"
                             for t, k, d in changes)
-            compact = self._journal_bytes + len(lines) > self.COMPACT_AFTER_BYTES
-            snapshot = self._snapshot() if compact else None
             started = time.perf_counter()
             try:
-                await loop.run_in_executor(self._executor, self._write_state, lines, snapshot)
+                await loop.run_in_executor(self._executor, self._append, self.journal_path, lines)
             except Exception as exc:  # a full disk must fail the callers, not the writer
                 log.error("store write failed: %s", exc)
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_exception(StoreError(f"store write failed: {exc}"))
                 continue
+            self._journal_bytes += len(lines)
             self._account(time.perf_counter() - started)
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+            if self._journal_bytes > self.COMPACT_AFTER_BYTES and self._compaction is None:
+                self._start_compaction()
 
-    def _write_state(self, lines: str, snapshot: dict[str, dict[str, Doc]] | None) -> None:
-        """Runs in the writer thread: journal append + fsync, or a compaction into the TinyDB file."""
-        if snapshot is not None:
-            assert self._db is not None
-            self._db.storage.write(snapshot)  # holds every change so far, the batch's included
-            with open(self.journal_path, "w") as handle:
-                handle.flush()
-                os.fsync(handle.fileno())
-            self._journal_bytes = 0
-            return
-        with open(self.journal_path, "a", encoding="utf-8") as handle:
+    @staticmethod
+    def _append(path: str, lines: str) -> None:
+        with open(path, "a", encoding="utf-8") as handle:
             handle.write(lines)
             handle.flush()
             os.fsync(handle.fileno())
-        self._journal_bytes += len(lines)
+
+    def _start_compaction(self) -> None:
+        """Fold the journals so far into the TinyDB file on a thread of its own.
+
+        New changes go to a fresh journal meanwhile, so commits never wait for a compaction. The
+        snapshot holds every change made so far; replaying a journal over it again is harmless.
+        """
+        snapshot = self._snapshot()
+        done_with = [p for p in self._journals() if str(p) <= self.journal_path]
+        self._journal_index += 1
+        self._journal_bytes = 0
+
+        def compact() -> None:
+            assert self._db is not None
+            self._db.storage.write(snapshot)
+            for journal in done_with:
+                journal.unlink(missing_ok=True)
+
+        async def run() -> None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._compactor, compact)
+            except Exception as exc:
+                log.error("store compaction failed (the journals are kept): %s", exc)
+            finally:
+                self._compaction = None
+
+        self._compaction = asyncio.create_task(run(), name="store-compaction")
 
     def _account(self, seconds: float) -> None:
         self.writes_total += 1
