@@ -48,7 +48,7 @@ def start_simulators(config: Config) -> subprocess.Popen[str] | None:
     return process
 
 
-def build_options(config: Config, web: bool) -> options.Options:
+def build_options(config: Config) -> options.Options:
     return options.Options(
         mode=["reverse:http://127.0.0.1:9"],  # never contacted: every flow is answered by the addon
         listen_host=config.listen_host,
@@ -59,7 +59,7 @@ def build_options(config: Config, web: bool) -> options.Options:
 async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_password: str = "",
                 save_file: str = "", save_max_mb: float = 100.0, save_keep: int = 5, mask_passwords: bool = False,
                 extra_addons: list[object] | None = None) -> None:
-    opts = build_options(config, web)
+    opts = build_options(config)
     chain = make_addons(inspect=web or bool(save_file)) + list(extra_addons or [])
     lb = chain[0]
     assert isinstance(lb, BbbLoadBalancer)

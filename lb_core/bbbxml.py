@@ -20,6 +20,14 @@ _INVALID_XML_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 
 
+_TAG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+def is_tag_name(name: str) -> bool:
+    """Whether a parameter name can become an element name (metadata keys, create queries)."""
+    return bool(_TAG_NAME.fullmatch(name)) and not name.lower().startswith("xml")
+
+
 class Raw(str):
     """Already serialised XML, embedded as is."""
 

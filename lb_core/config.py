@@ -6,6 +6,7 @@ written as ``${NAME}`` is read from the environment, so secrets need not live in
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -374,6 +375,11 @@ def parse(data: Any, source: str = "config.yaml", base_dir: Path | None = None) 
         trusted_proxies=g.strings("trusted_proxies"),
         nearby_km=float(g.number("nearby_km", 300.0)),
     )
+    for network in geo.trusted_proxies:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise g.fail("trusted_proxies", f"{network!r} is not an IP network") from None
     if geo.prefer_nearby and not geo.database:
         raise g.fail("prefer_nearby", "needs geo.database")
     g.done()

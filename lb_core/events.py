@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+from lb_core import bbbxml
 from lb_core.store import Store
 
 DEFAULT_LIMIT = 50
@@ -48,15 +49,8 @@ class MeetingEvent:
         fields.append(("server", [("name", self.server_name), ("url", self.server_url)]))
         fields.append(("users", [("user", [("name", u.name), ("role", u.role), ("createdAt", u.at)])
                                  for u in self.users]))
-        fields.append(("query", [(key, value) for key, value in self.query if _is_tag(key)]))
+        fields.append(("query", [(key, value) for key, value in self.query if bbbxml.is_tag_name(key)]))
         return fields
-
-
-def _is_tag(key: str) -> bool:
-    """Parameter names become tags; one that is not a valid XML name is left out of ``<query>``."""
-    if not key or not (key[0].isalpha() or key[0] == "_"):
-        return False
-    return all(c.isalnum() or c in "_-." for c in key) and not key.lower().startswith("xml")
 
 
 @dataclass(frozen=True, slots=True)

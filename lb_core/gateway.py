@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
+import json
 import logging
 import random
 import re
@@ -39,7 +41,7 @@ from lb_core.errors import ApiError
 from lb_core.events import EventLog, EventQueryError, parse_query
 from lb_core.meetings import MeetingRecord, MeetingRegistry, meeting_key
 from lb_core.pool import Pool, Server
-from lb_core.query import RawQuery
+from lb_core.query import RawQuery, encode_value
 
 log = logging.getLogger("bbb_lb.gateway")
 
@@ -74,6 +76,7 @@ class Gateway:
         self.instance_id = instance_id
         self.locate = locate
         self.integrations: dict[str, IntegrationConfig] = {i.name: i for i in config.integrations}
+        self._trusted_proxies = [ipaddress.ip_network(p, strict=False) for p in config.geo.trusted_proxies]
         # recordID -> (server name, owning integration), learned from creates and recording listings.
         self.recordings: dict[str, tuple[str, str]] = {}
         self._secrets: list[tuple[str, IntegrationConfig]] = []
@@ -347,7 +350,7 @@ class Gateway:
         return None
 
     async def is_running_on(self, server: Server, record: MeetingRecord) -> bool:
-        query = RawQuery.parse("meetingID=" + _encode(record.meeting_id))
+        query = RawQuery.parse("meetingID=" + encode_value(record.meeting_id))
         try:
             reply = await self.backend.call(server.config, "isMeetingRunning", query.text,
                                             timeout_s=self.config.monitor.timeout_s)
@@ -359,9 +362,17 @@ class Gateway:
         if self.locate is None or not self.config.geo.prefer_nearby:
             return None
         address = call.client_ip
-        if call.forwarded_for and _trusted(call.client_ip, self.config.geo.trusted_proxies):
+        if call.forwarded_for and self._trusted(call.client_ip):
             address = call.forwarded_for.split(",")[0].strip()
         return self.locate(address)
+
+    def _trusted(self, address: str) -> bool:
+        """Whether X-Forwarded-For from this peer is believed (geo.trusted_proxies)."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._trusted_proxies)
 
     def placement(self, call: Call, exclude: frozenset[str] = frozenset()) -> Placement:
         meeting_id = call.param("meetingID")
@@ -660,7 +671,7 @@ class Gateway:
                 if not self.visible_to(recording, call.integration):
                     continue
                 if any(recording.findtext(f"metadata/{k}") != v for k, v in meta_filters.items()
-                       if _is_tag(k)):
+                       if bbbxml.is_tag_name(k)):
                     continue
                 record_id = recording.findtext("recordID") or ""
                 if record_id:
@@ -689,7 +700,7 @@ class Gateway:
 
         unknown = [r for r in record_ids if known(r) is None]
         if unknown:
-            query = RawQuery.parse("recordID=" + _encode(",".join(unknown)) + "&state=any")
+            query = RawQuery.parse("recordID=" + encode_value(",".join(unknown)) + "&state=any")
             for server, root in await self.fan_out("getRecordings", query, info):
                 for recording in root.iterfind("recordings/recording"):
                     record_id = recording.findtext("recordID") or ""
@@ -883,7 +894,6 @@ def _with_info(answer: Answer, info: Answer) -> Answer:
 
 
 def _json_error(key: str, message: str) -> Answer:
-    import json
     body = json.dumps({"response": {"returncode": "FAILED", "messageKey": key, "message": message}}).encode()
     return Answer(200, body, {"Content-Type": "application/json"}, result=key)
 
@@ -894,24 +904,6 @@ def _non_negative(value: str, name: str, default: int | None) -> int | None:
     if not value.isdigit() or len(value) > 9:
         raise errors.invalid_parameter(f"{name} must be a whole number")
     return int(value)
-
-
-def _is_tag(key: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", key))
-
-
-def _encode(value: str) -> str:
-    from lb_core.query import encode_value
-    return encode_value(value)
-
-
-def _trusted(address: str, proxies: tuple[str, ...]) -> bool:
-    import ipaddress
-    try:
-        ip = ipaddress.ip_address(address)
-        return any(ip in ipaddress.ip_network(p, strict=False) for p in proxies)
-    except ValueError:
-        return False
 
 
 @functools.cache

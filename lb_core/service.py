@@ -29,6 +29,7 @@ from lb_core.geo import GeoLocator, fill_geoloc
 from lb_core.meetings import MeetingRegistry
 from lb_core.monitor import Monitor
 from lb_core.pool import DisableState, Pool
+from lb_core.query import encode_value
 from lb_core.store import Store, TinyDbStore
 
 log = logging.getLogger("bbb_lb")
@@ -220,9 +221,9 @@ class LoadBalancer:
         passwords = {r.meeting_id: r.moderator_pw for r in records}
 
         async def end(meeting_id: str) -> bool:
-            query = "meetingID=" + _encode(meeting_id)
+            query = "meetingID=" + encode_value(meeting_id)
             if passwords.get(meeting_id):
-                query += "&password=" + _encode(passwords[meeting_id])
+                query += "&password=" + encode_value(passwords[meeting_id])
             try:
                 reply = await self.backend.call(server.config, "end", query, timeout_s=self.config.monitor.timeout_s)
                 return bbbxml.returncode(bbbxml.parse(reply.body)) == "SUCCESS"
@@ -299,8 +300,3 @@ class LoadBalancer:
         assert self.gateway is not None
         self.gateway.set_integrations(self.integrations)
         return {"name": name, "removed": True}
-
-
-def _encode(value: str) -> str:
-    from lb_core.query import encode_value
-    return encode_value(value)

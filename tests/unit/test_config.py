@@ -24,6 +24,7 @@ def test_minimal_config_and_defaults():
     ({"admin": {"port": 9000}}, "admin.token: is required"),
     ({"secret": ""}, "secret: must not be empty"),
     ({"geo": {"database": "missing.mmdb"}}, "geo.database: no such file"),
+    ({"geo": {"trusted_proxies": ["10.0.0.0/33"]}}, "geo.trusted_proxies: '10.0.0.0/33' is not an IP network"),
     ({"extra": True}, "extra: unknown key"),
 ])
 def test_errors_name_the_key(change, message):
