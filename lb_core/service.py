@@ -55,7 +55,7 @@ class LoadBalancer:
         self.store = store
         self.pool = Pool(list(config.servers))
         self.meetings = MeetingRegistry(store)
-        self.events = EventLog(store, config.record_events)
+        self.events = EventLog(store, config.record_events, config.events_retention_days)
         self.backend: BackendClient | None = None
         self.gateway: Gateway | None = None
         self.monitor: Monitor | None = None
@@ -118,6 +118,7 @@ class LoadBalancer:
             await self.monitor.stop()
         if self.backend is not None:
             await self.backend.close()
+        await self.events.close()
         await self.store.close()
         log.info("bbb-lb stopped")
 
