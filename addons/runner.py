@@ -158,13 +158,20 @@ async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, m.shutdown)
-    await m.run()
+    try:
+        await m.run()
+    finally:  # a start given up after the store was opened still flushes and unlocks it
+        if lb.lb is not None:
+            await lb.lb.stop()
+            lb.lb = None
 
 
 def run(config: Config, **kwargs: object) -> int:
     """Serve until stopped; a start that cannot succeed raises ``StartError`` (one line for the operator)."""
     logs.setup(config.log_level)
     check_ports(config)
+    if kwargs.get("web"):
+        check_port("127.0.0.1", int(kwargs.get("web_port", 8081)), "--web-port")  # type: ignore[call-overload]
     simulator = start_simulators(config)
     try:
         asyncio.run(serve(config, **kwargs))  # type: ignore[arg-type]

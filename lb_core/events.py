@@ -218,11 +218,14 @@ class EventLog:
         self._tasks: set[asyncio.Task[None]] = set()
         self._retention_checked = 0.0
         self.recorded_total = 0
+        self._open_partition(_partition_name(1))  # an empty store; ``load`` reads what the store holds
 
     # --- start and stop ---------------------------------------------------------------------
 
     async def load(self) -> None:
         """Read the index; rebuild the entries a crash (or an older version) left out."""
+        self._index.clear()
+        self._cache.clear()
         stored = await self.store.all(INDEX_TABLE)
         names = await self.store.event_partitions()
         for gone in set(stored) - set(names):
@@ -245,6 +248,13 @@ class EventLog:
         if len(partition) >= self.PARTITION_SIZE:
             self._seal()
         await self._apply_retention()
+        self._background(self._warm())
+
+    async def _warm(self) -> None:
+        """Read the newest partitions in the background: the first queries ask for recent meetings."""
+        newest = sorted(self._index, key=lambda name: self._index[name].last_at, reverse=True)
+        for name in newest[: self.CACHED_PARTITIONS // 2]:
+            await self._partition(name)
 
     async def close(self) -> None:
         """Wait for index and retention writes under way."""
@@ -376,7 +386,7 @@ class EventLog:
             self._arrived.pop(name, None)
 
     def _evict(self) -> None:
-        while len(self._cache) > self.CACHED_PARTITIONS:
+        while len(self._cache) > max(1, self.CACHED_PARTITIONS):
             oldest = next(iter(self._cache))
             if oldest == self._current:
                 self._cache.move_to_end(oldest)
