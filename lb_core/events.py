@@ -173,12 +173,35 @@ class PartitionMeta:
     last_at: int = 0
     meetings: int = 0
     integrations: dict[str, int] = field(default_factory=dict)
+    # Known once the partition was read and while every change to it was seen (not stored): lets a
+    # query that asks for many users or an early end skip it without reading it again.
+    exact: bool = False
+    most_users: int = 0
+    first_end: int | None = None
 
     def add(self, event: MeetingEvent) -> None:
         self.first_at = event.created_at if not self.meetings else min(self.first_at, event.created_at)
         self.last_at = max(self.last_at, event.created_at)
         self.meetings += 1
         self.integrations[event.integration] = self.integrations.get(event.integration, 0) + 1
+
+    def saw(self, event: MeetingEvent) -> None:
+        """A change to a meeting of a partition in memory: the summary stays exact."""
+        self.most_users = max(self.most_users, len(event.users))
+        if event.ended_at is not None and (self.first_end is None or event.ended_at < self.first_end):
+            self.first_end = event.ended_at
+
+    def summarise(self, partition: Partition) -> None:
+        self.exact, self.most_users, self.first_end = True, 0, None
+        for event in partition.events.values():
+            self.saw(event)
+
+    def cannot_match(self, min_users: int, ended_before: int | None) -> bool:
+        if not self.exact:
+            return False
+        if self.most_users < min_users:
+            return True
+        return ended_before is not None and (self.first_end is None or self.first_end >= ended_before)
 
     def to_doc(self) -> dict[str, Any]:
         return {"first": self.first_at, "last": self.last_at, "n": self.meetings, "i": dict(self.integrations)}
@@ -243,6 +266,7 @@ class EventLog:
                 await self.store.put(INDEX_TABLE, name, meta.to_doc())
         partition = await self._read(current)
         self._index[current] = PartitionMeta.of(partition)
+        self._index[current].summarise(partition)
         self._current = current
         self._cache[current] = partition
         if len(partition) >= self.PARTITION_SIZE:
@@ -265,7 +289,7 @@ class EventLog:
 
     def _open_partition(self, name: str) -> None:
         self._current = name
-        self._index[name] = PartitionMeta()
+        self._index[name] = PartitionMeta(exact=True)
         self._cache[name] = Partition(name)
 
     def _seal(self) -> None:
@@ -290,12 +314,17 @@ class EventLog:
     def _record(self, partition: str, doc: dict[str, Any]) -> None:
         doc["p"] = partition
         cached = self._cache.get(partition)
+        meta = self._index[partition]
         if cached is not None:
             event = cached.apply(doc)
-            if event is not None and doc["t"] == "create":
-                self._index[partition].add(event)
-        elif partition in self._loading:
-            self._arrived.setdefault(partition, []).append(doc)
+            if event is not None:
+                if doc["t"] == "create":
+                    meta.add(event)
+                meta.saw(event)
+        else:
+            meta.exact = False  # changed while not in memory: read it again before skipping it
+            if partition in self._loading:
+                self._arrived.setdefault(partition, []).append(doc)
         self.store.append_events([doc])
         self.recorded_total += 1
 
@@ -372,7 +401,9 @@ class EventLog:
             partition = await self._read(name)
             for doc in self._arrived.pop(name, ()):
                 partition.apply(doc)
-            if name in self._index:
+            meta = self._index.get(name)
+            if meta is not None:
+                meta.summarise(partition)
                 self._cache[name] = partition
                 self._evict()
             future.set_result(partition)
@@ -418,6 +449,7 @@ class EventLog:
             if meta.integrations.get(integration)
             and (created_min is None or meta.last_at >= created_min)
             and (created_max is None or meta.first_at < created_max)
+            and not meta.cannot_match(q.min_users, ended_max)
         ]
         candidates.sort(key=lambda c: c[1].last_at, reverse=True)
         found: list[MeetingEvent] = []
