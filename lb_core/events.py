@@ -272,10 +272,10 @@ class EventLog:
         if len(partition) >= self.PARTITION_SIZE:
             self._seal()
         await self._apply_retention()
-        self._background(self._warm())
+        await self._warm()
 
     async def _warm(self) -> None:
-        """Read the newest partitions in the background: the first queries ask for recent meetings."""
+        """Read the newest partitions (a bounded start-up cost): the first queries ask for recent meetings."""
         newest = sorted(self._index, key=lambda name: self._index[name].last_at, reverse=True)
         for name in newest[: self.CACHED_PARTITIONS // 2]:
             await self._partition(name)
