@@ -232,3 +232,57 @@ def test_captures_are_private(tmp_path):
     sink.close()
     assert mode(tmp_path / "flows") == 0o700
     assert mode(tmp_path / "flows" / "api.flows") == 0o600
+
+
+# --- the call that needed a failed write answers FAILED ----------------------------------------------
+
+
+class ScriptedBackend:
+    """A BBB server that creates every meeting it is asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def call(self, server, name: str, query: str, **_):  # type: ignore[no-untyped-def]
+        from lb_core import bbbxml
+        from lb_core.backend import BackendReply
+
+        self.asked.append(name)
+        body = bbbxml.success([("meetingID", "room"), ("internalMeetingID", "i-1"), ("voiceBridge", "70001"),
+                               ("moderatorPW", "mp"), ("attendeePW", "ap")])
+        return BackendReply(server.name, 200, {"Content-Type": "text/xml"}, body, 1.0, "")
+
+
+async def test_a_create_whose_meeting_cannot_be_stored_answers_internal_error(tmp_path, monkeypatch):
+    from lb_core import bbbxml, checksum, config
+    from lb_core.api import Request
+    from lb_core.events import EventLog
+    from lb_core.gateway import Gateway
+    from lb_core.pool import Pool, Status
+
+    cfg = config.parse({"secret": "lb-secret", "store": {"path": str(tmp_path / "lb.json")},
+                        "servers": [{"name": "bbb1", "url": "http://127.0.0.1:1/bigbluebutton/", "secret": "s1"}]})
+    store = await opened(tmp_path / "lb.json")
+    pool = Pool(cfg.servers)
+    for server in pool:
+        server.status = Status.UP
+    registry = MeetingRegistry(store)
+    gateway = Gateway(cfg, pool, registry, EventLog(store), ScriptedBackend(), "guid-1")  # type: ignore[arg-type]
+
+    def create() -> Request:
+        query = checksum.sign("create", "meetingID=room&name=Room", "lb-secret", "sha256")
+        return Request("GET", "/bigbluebutton/api/create", query, {}, b"", "127.0.0.1")
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    answer = await gateway.handle(create())
+    root = bbbxml.parse(answer.body)
+    assert (root.findtext("returncode"), root.findtext("messageKey")) == ("FAILED", "internalError")
+    assert registry.get("default", "room") is None and await store.all("meetings") == {}
+    monkeypatch.undo()
+    answer = await gateway.handle(create())
+    assert bbbxml.parse(answer.body).findtext("returncode") == "SUCCESS"
+    assert registry.get("default", "room") is not None
+    await store.close()
