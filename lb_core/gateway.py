@@ -307,6 +307,8 @@ class Gateway:
             raise errors.missing_meeting_id()
         if any(key in RESERVED_META for key in call.meta()):
             raise errors.invalid_parameters()
+        if self.callbacks is not None:
+            await self.callbacks.check_create(call)
         integration = call.integration
         if call.param("record").lower() == "true" and not integration.can_record:
             raise errors.permission_denied_record()
