@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server as http_server
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 
-from lb_core.config import ConfigError, parse
+from lb_core.config import CallbacksConfig, ConfigError, parse
+from lb_core.outbound import OutboundClient, TargetPolicy, TargetRefused
 from tests.conftest import LB, free_port, wait_for
 
 LOOPBACK = ["127.0.0.0/8"]
+LOOPBACK_TUPLE = ("127.0.0.0/8",)
 FAST_RETRIES = [0.1, 0.1, 0.1]
 
 
@@ -145,3 +152,81 @@ def test_allowed_networks_must_be_networks():
         parse({"secret": "s", "callbacks": {"allowed_networks": ["not-a-network"]}})
     config = parse({"secret": "s", "callbacks": {"allowed_networks": "10.0.0.0/8", "timeout_s": 2}})
     assert config.callbacks.allowed_networks == ("10.0.0.0/8",) and config.callbacks.timeout_s == 2
+
+
+# --- the client itself, against local servers ----------------------------------------------------------------
+
+
+class FixedAnswer(AbstractResolver):
+    """A DNS that answers ``address`` for every name, as a rebinding attacker's would."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+                      ) -> list[ResolveResult]:
+        return [{"hostname": host, "host": self.address, "port": port, "family": socket.AF_INET, "proto": 0,
+                 "flags": socket.AI_NUMERICHOST}]
+
+    async def close(self) -> None:
+        pass
+
+
+def client(allowed: tuple[str, ...] = (), address: str = "127.0.0.1", **limits: Any) -> OutboundClient:
+    outbound = OutboundClient(CallbacksConfig(allowed_networks=allowed, **limits), {1}, "https://lb.example")
+    outbound._resolver._inner = FixedAnswer(address)  # type: ignore[assignment]
+    return outbound
+
+
+async def test_the_connection_goes_to_the_address_that_was_checked(receiver):
+    refused = client()
+    try:
+        with pytest.raises(TargetRefused, match="loopback"):
+            await refused.send(f"http://rebind.example:{receiver.port}/ended")
+    finally:
+        await refused.close()
+    assert receiver.calls == []  # refused before connecting
+    allowed = client(LOOPBACK_TUPLE)
+    try:  # the name exists nowhere but in the checked answer, and that is where the call lands
+        assert await allowed.send(f"http://rebind.example:{receiver.port}/ended") == 200
+    finally:
+        await allowed.close()
+    assert receiver.calls == ["/ended"]
+
+
+async def test_a_huge_answer_is_not_read_past_max_response_bytes():
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            while True:
+                await response.write(b"x" * 65536)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", endless)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    outbound = client(LOOPBACK_TUPLE, timeout_s=5.0, max_response_bytes=1024)
+    try:
+        started = time.monotonic()
+        assert await outbound.send(f"http://127.0.0.1:{port}/") == 200
+        assert time.monotonic() - started < 2
+    finally:
+        await outbound.close()
+        await runner.cleanup()
+
+
+def test_the_policy_in_short():
+    policy = TargetPolicy(("10.0.0.0/8",), {8090}, "https://lb.example")
+    policy.check_address("10.1.2.3", 80)  # allowed network
+    policy.check_address("93.184.216.34", 8090)  # someone else's port 8090
+    for address, port in (("127.0.0.1", 80), ("169.254.169.254", 80), ("172.16.0.1", 80), ("fe80::1", 80),
+                          ("::ffff:192.168.1.1", 80), ("224.0.0.1", 80), ("100.64.0.1", 80)):
+        with pytest.raises(TargetRefused):
+            policy.check_address(address, port)
+    with pytest.raises(TargetRefused, match="load balancer itself"):
+        policy.check_origin("LB.example.", 443)
