@@ -64,6 +64,7 @@ class Stats:
     expected: collections.Counter[str] = field(default_factory=collections.Counter)
     unexpected: collections.Counter[str] = field(default_factory=collections.Counter)
     latencies_ms: list[float] = field(default_factory=list)
+    success_ms: list[float] = field(default_factory=list)  # SUCCESS or redirect only
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (elapsed s, RSS kB, fds)
     callbacks_received: int = 0
     in_flight: int = 0
@@ -173,16 +174,20 @@ class Soak:
         self.stats.latencies_ms.append(ms)
         if redirect and status == 302:
             self.stats.ok(f"{call} redirected")
+            self.stats.success_ms.append(ms)
             return
         code = field_of(body, "returncode")
         if status == 200 and code == "SUCCESS":
             self.stats.ok(f"{call} SUCCESS")
+            self.stats.success_ms.append(ms)
             if on_success is not None:
                 on_success()
             return
         key = field_of(body, "messageKey")
         flapped = self.last_flap and (meeting is None or self.last_flap >= meeting.created_at - 30)
-        if code == "FAILED" and key in DEGRADED_KEYS and flapped:
+        # A backend's own error page (503 from the flapping server) relayed as FAILED internalError.
+        relayed = key == "internalError" and "server answered HTTP 5" in body
+        if code == "FAILED" and (key in DEGRADED_KEYS or relayed) and flapped:
             self.stats.ok(f"{call} FAILED {key} (backend flapping)")
             if meeting is not None and key == "notFound":
                 with contextlib.suppress(ValueError):
@@ -380,7 +385,9 @@ class Soak:
             print(f"  {count:7d}  {kind}" + (f"    e.g. {example[:160]}" if example else ""))
         print(f"\nvalid calls: p50 {percentile(stats.latencies_ms, 0.50):.1f} ms, "
               f"p99 {percentile(stats.latencies_ms, 0.99):.1f} ms, max {max(stats.latencies_ms, default=0):.1f} ms "
-              f"({len(stats.latencies_ms)} answers)")
+              f"({len(stats.latencies_ms)} answers, those of the flapping server's timeouts included)")
+        print(f"successful calls: p50 {percentile(stats.success_ms, 0.50):.1f} ms, "
+              f"p99 {percentile(stats.success_ms, 0.99):.1f} ms ({len(stats.success_ms)} answers)")
         print("\nbbb-lb process over time:\n   time      RSS   fds")
         for elapsed, rss, fds in stats.samples:
             print(f"  {elapsed:5.0f} s {rss / 1024:6.1f} MB {fds:5d}")
