@@ -11,16 +11,14 @@ import ipaddress
 import json
 import logging
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from lxml import etree
 
-from lb_core import __version__, bbbxml, checksum, errors
+from lb_core import __version__, bbbxml, checksum, configxml, errors
 from lb_core.api import (
     ALLOWED_CONTENT_TYPES,
     API_PREFIX,
@@ -802,7 +800,8 @@ class Gateway:
             raise errors.backend_error() from None
         if root.tag == "response":
             return self.relay(reply, info, call)[0]
-        text = rewrite_urls(reply.body.decode("utf-8", "replace"), server.base_url, self.config.public_url)
+        text = await configxml.rewrite_urls_off_loop(reply.body.decode("utf-8", "replace"), server.base_url,
+                                                    self.config.public_url)
         info.result = "SUCCESS"
         return _with_info(Answer(200, text.encode(), dict(bbbxml.XML_HEADERS)), info)
 
@@ -816,7 +815,7 @@ class Gateway:
             bbbxml.parse(config_xml.encode())
         except bbbxml.XmlError:
             raise ApiError("configXMLError", "The config XML is not valid XML.") from None
-        rewritten = rewrite_urls(config_xml, self.config.public_url, server.base_url)
+        rewritten = await configxml.rewrite_urls_off_loop(config_xml, self.config.public_url, server.base_url)
         pairs = [(k, rewritten if k == "configXML" else v) for k, v in call.pairs if k != "checksum"]
         body_query = checksum.legacy_params_query(pairs)
         signed = checksum.sign(call.name, body_query, server.config.secret, server.config.checksum)
@@ -856,30 +855,6 @@ class Listing:
 
 GEOLOC_FIELDS = ("address", "ip", "countryCode", "countryCode3", "countryName", "city", "latitude", "longitude",
                  "continentCode")
-
-
-def rewrite_urls(text: str, from_base: str, to_base: str) -> str:
-    """Point every address of one origin at another (config.xml between a server and the LB).
-
-    config.xml names a server as ``http(s)://host[:port]``, ``rtmp://host``, a bare ``host:port`` or a
-    bare ``host`` attribute value; each form is mapped, so the LB's rewrite can be undone exactly.
-    """
-    source, target = urlsplit(from_base), urlsplit(to_base)
-    host, netloc = source.hostname or "", source.netloc
-    to_host = target.hostname or ""
-    end = r"(?=[/\"'<\s?#]|$)"
-
-    def swap(match: re.Match[str]) -> str:
-        scheme = match.group(1)
-        if scheme.lower() in ("http://", "https://"):
-            return f"{target.scheme}://{target.netloc}"
-        return f"{scheme}{to_host}"
-
-    text = re.sub(r"(\b[a-z][a-z0-9+.-]*://)" + re.escape(netloc) + end, swap, text, flags=re.I)
-    if netloc != host:
-        text = re.sub(r"(\b[a-z][a-z0-9+.-]*://)" + re.escape(host) + r"(?=[/\"'<\s?#]|$)", swap, text, flags=re.I)
-        text = re.sub(r"(?<![\w.:/-])" + re.escape(netloc) + r"(?![\w.:-])", target.netloc, text)
-    return re.sub(r'="' + re.escape(host) + '"', f'="{to_host}"', text)
 
 
 def _scores(placement: Placement) -> str:
