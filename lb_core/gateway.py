@@ -161,50 +161,74 @@ class Gateway:
         return answer
 
     def verify(self, name: str, request: Request) -> Call:
-        """Check the checksum as bbb-web does and find the integration that signed the call."""
+        """Check the checksum as bbb-web does and find the integration that signed the call.
+
+        Everything here runs for anonymous callers, so it is bounded before it is done: sizes and
+        parameter counts are checked first, the checksum is verified over the raw bytes as sent, and
+        the body is decoded only once a secret has matched.
+        """
         if request.method not in ("GET", "POST", "HEAD"):
             raise ApiError("unsupportedRequest", "This HTTP method is not supported.", 405)
+        limits = self.config.limits
         content_type = request.content_type
         body: bytes | None = request.body or None
+        raw_query = request.raw_query
+        if len(raw_query) > limits.max_query_bytes:
+            raise errors.request_too_large()
         if body is not None:
+            if len(body) > limits.body_limit(name):
+                raise errors.request_too_large()
             allowed = ALLOWED_CONTENT_TYPES.get(name, DEFAULT_CONTENT_TYPES)
             if name == "setConfigXML":
                 allowed = {FORM}
             if content_type not in allowed:
                 raise errors.unsupported_content_type()
-        raw_query = request.raw_query
-        form_text = ""
-        if body is not None and content_type == FORM:
-            try:
-                form_text = body.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ApiError("invalidParameters", "The request body is not valid UTF-8.") from None
+        form = body if body is not None and content_type == FORM else b""
+        if raw_query.count("&") + form.count(b"&") + 2 > limits.max_params:
+            raise errors.invalid_parameter(f"more than {limits.max_params} parameters")
         supplied = checksum.checksum_param(raw_query)
-        if supplied is None and form_text:
-            supplied = checksum.checksum_param(form_text)
+        if supplied is None and form:
+            supplied = checksum.checksum_param(form)
         if not supplied:
             raise errors.checksum_missing()
         signed = checksum.strip_checksum(raw_query, supplied)
-        options = [signed]
-        if not signed and form_text:
-            # Older servers verified form POSTs over the body: as sent, or re-encoded sorted.
-            stripped_body = checksum.strip_checksum(form_text, supplied)
-            options = [stripped_body, checksum.legacy_params_query(RawQuery.parse(stripped_body).pairs())]
-        for query_text in options:
-            owner = checksum.matching_owner(name, query_text, supplied, self._secrets,
-                                            self.config.checksum_algorithms)
-            if owner is not None:
-                break
+        owner = None
+        legacy = ""
+        body_signed = not signed and bool(form)
+        if not body_signed:
+            owner = checksum.matching_owner(name, signed, supplied, self._secrets, self.config.checksum_algorithms)
         else:
+            # Older servers verified form POSTs over the body: as sent, or re-encoded sorted.
+            stripped_body = checksum.strip_checksum(form, supplied)
+            owner = checksum.matching_owner(name, stripped_body, supplied, self._secrets,
+                                            self.config.checksum_algorithms)
+            if owner is None and checksum.algorithm_for(supplied) is not None:
+                # Re-encoding needs the decoded pairs: bounded by the body limit and the parameter count.
+                legacy = checksum.legacy_params_query(
+                    RawQuery.parse(stripped_body.decode("utf-8", "replace")).pairs())
+                owner = checksum.matching_owner(name, legacy, supplied, self._secrets,
+                                                self.config.checksum_algorithms)
+                if owner is None:
+                    legacy = ""
+        if owner is None:
             raise errors.checksum_mismatch()
-        query = RawQuery.parse(query_text)
-        pairs = query.pairs()
+        form_text = ""
+        if form:
+            try:
+                form_text = form.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ApiError("invalidParameters", "The request body is not valid UTF-8.") from None
         forward_body = body
-        if form_text:
-            if query_text == signed:
+        if body_signed:
+            query_text = legacy or checksum.strip_checksum(form_text, supplied)
+            forward_body = None  # the body itself was signed: it travels as the query
+            query = RawQuery.parse(query_text)
+            pairs = query.pairs()
+        else:
+            query = RawQuery.parse(signed)
+            pairs = query.pairs()
+            if form_text:
                 pairs += [p for p in RawQuery.parse(form_text).pairs() if p[0] != "checksum"]
-            else:
-                forward_body = None  # the body itself was signed: it travels as the query
         forwarded_for = request.headers.get("x-forwarded-for", "")
         return Call(name, request.method, query, pairs, forward_body, content_type, owner, request.client_ip,
                     forwarded_for, request.headers.get("content-type", ""))
