@@ -78,7 +78,9 @@ async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_
         m.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
                      errorcheck.ErrorCheck(repeat_errors_on_stderr=True), *chain)
     lb.config = config
-    opts.update(connection_strategy="lazy", body_size_limit=str(2 * config.max_body_bytes))  # hard backstop; the addon answers XML below it
+    # Bodies past the upload limit are cut by mitmproxy while they stream in (answered by addons.limits);
+    # HTTP/2 is off: the BBB API is HTTP/1.1 and only the HTTP/1 protocol-error answers are ours.
+    opts.update(connection_strategy="lazy", body_size_limit=str(config.limits.max_upload_bytes), http2=False)
     if save_file:  # addons.capture.Capture (in the chain) writes it, off the event loop and rotated
         opts.update(bbb_save_file=save_file, bbb_save_max_mb=str(save_max_mb), bbb_save_keep=save_keep,
                     bbb_mask_passwords=mask_passwords)
