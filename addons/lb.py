@@ -11,7 +11,7 @@ import time
 
 from mitmproxy import ctx, exceptions, http
 
-from addons.limits import answer_and_close
+from addons.limits import BODY_LIMIT, answer_and_close
 from lb_core import config as lb_config
 from lb_core import errors
 from lb_core.api import API_PREFIX, Answer, Request
@@ -69,10 +69,7 @@ class BbbLoadBalancer:
         error: ApiError | None = None
         if len(raw_query) > limits.max_query_bytes:
             error = request_too_large()
-        elif "transfer-encoding" in headers:
-            if call not in UPLOAD_CALLS:  # only uploads may stream a body of unknown size
-                error = ApiError("lengthRequired", "A request body needs a Content-Length.", 411)
-        else:
+        elif "transfer-encoding" not in headers:  # a chunked body is measured as it streams in
             length = headers.get("content-length", "").strip()
             if length.isdigit() and int(length) > limits.body_limit(call):
                 error = request_too_large()
@@ -85,6 +82,9 @@ class BbbLoadBalancer:
                 self.log_answer(flow, answer, 0.0)
             else:
                 self.answer(flow, answer, 0.0)
+            return
+        # Checked again as the body streams in: a chunked body has no length to judge by here.
+        flow.metadata[BODY_LIMIT] = limits.body_limit(call)
 
     def _unsigned_upload(self, flow: http.HTTPFlow, call: str, raw_query: str) -> ApiError | None:
         """A large upload is read only for a caller whose query checksum verifies: checked from the head alone.

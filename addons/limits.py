@@ -16,11 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mitmproxy import connection, ctx, http, tls
-from mitmproxy.net.http import http1
+from mitmproxy.net.http import http1, status_codes
 from mitmproxy.proxy import mode_specs
+from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers.http import _http1
 
-from lb_core import bbbxml
+from lb_core import bbbxml, errors
 from lb_core.config import LimitsConfig
 
 log = logging.getLogger("bbb_lb.limits")
@@ -63,22 +64,71 @@ def close_client(client: connection.Client) -> bool:
     return True
 
 
-def answer_and_close(flow: http.HTTPFlow, response: http.Response) -> bool:
-    """Send ``response`` now, before the request body is read, then close the connection.
+DISCARD_BODY = "bbb_discard_body"  # flow.metadata: the answer went out, the body is read and dropped
+BODY_LIMIT = "bbb_body_limit"  # flow.metadata: the most body bytes this request may bring
 
-    mitmproxy sends an answer set in ``requestheaders`` only after reading the whole body; an
-    oversized body must not be read (or held in memory) at all. Returns False when the connection
-    is not ours to write to (e.g. a replayed flow), so the caller can fall back to ``flow.response``.
+
+def answer_and_close(flow: http.HTTPFlow, response: http.Response) -> bool:
+    """Send ``response`` now, before the request body is read; drop the body as it comes, then close.
+
+    mitmproxy sends an answer set in ``requestheaders`` only after buffering the whole body, and
+    closing at once would reset the connection under a client still sending (it would never see the
+    answer). So the answer is written straight away and the rest of the body is read and dropped,
+    never held (a lingering close, bounded by ``limits.request_body_timeout_s``). Returns False when the
+    connection is not ours to write to (a replayed flow), so the caller can fall back to ``flow.response``.
     """
     handler = _handler_of(flow.client_conn)
-    if handler is None or flow.client_conn not in handler.transports:
+    if handler is None or flow.client_conn not in handler.transports or not _body_guard_installed:
         return False
     writer = handler.transports[flow.client_conn].writer
     if writer is None or writer.is_closing():
         return False
     response.headers["Connection"] = "close"
     writer.write(http1.assemble_response(response))
-    flow.kill()
+    flow.request.headers.pop("expect", None)  # no "100 Continue" after the final answer
+    flow.metadata[DISCARD_BODY] = True
+    return True
+
+
+_body_guard_installed = False
+
+
+def install_body_guard() -> bool:
+    """Make mitmproxy's HTTP layer honour a per-flow body limit while a body streams in, and drop bodies.
+
+    mitmproxy's own ``body_size_limit`` is one number for every call and answers with its own page; the
+    LB needs a small limit for most calls and a large one for uploads, checked as each chunk arrives.
+    Returns whether the guard is in place (False on a mitmproxy whose HTTP layer no longer fits).
+    """
+    global _body_guard_installed
+    stream_class = getattr(http_layer, "HttpStream", None)
+    consume = getattr(stream_class, "state_consume_request_body", None)
+    if _body_guard_installed or consume is None:
+        return _body_guard_installed
+
+    def state_consume_request_body(self, event):  # type: ignore[no-untyped-def]
+        flow = self.flow
+        if flow.metadata.get(DISCARD_BODY):
+            if isinstance(event, http_layer.RequestEndOfMessage):
+                # The whole body has been read: the close is clean and the client sees the answer.
+                self.client_state = self.state_errored
+                yield http_layer.SendHttp(
+                    http_layer.ResponseProtocolError(self.stream_id, "answered early", status_codes.NO_RESPONSE),
+                    self.context.client)
+            return
+        limit = flow.metadata.get(BODY_LIMIT)
+        if isinstance(event, http_layer.RequestData) and limit is not None and \
+                len(self.request_body_buf) + len(event.data) > limit:
+            self.request_body_buf.clear()
+            if answer_and_close(flow, http.Response.make(200, errors.request_too_large().to_xml(),
+                                                         dict(bbbxml.XML_HEADERS))):
+                log.info("call=%s result=requestTooLarge status=200 (body past %d bytes)",
+                         flow.request.path.partition("?")[0].rsplit("/", 1)[-1][:64] or "-", limit)
+                return
+        yield from consume(self, event)
+
+    stream_class.state_consume_request_body = state_consume_request_body
+    _body_guard_installed = True
     return True
 
 
@@ -105,6 +155,7 @@ class ConnectionLimits:
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         install_protocol_error_answers()
+        install_body_guard()
 
     async def running(self) -> None:
         if self._ticker is None:

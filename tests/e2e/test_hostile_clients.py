@@ -115,14 +115,23 @@ def test_a_body_past_the_small_limit_is_refused_for_calls_that_are_not_uploads(l
     assert "checksumError" in reply.text
 
 
-def test_a_chunked_body_is_only_taken_for_uploads(lb: LB) -> None:
+def test_a_chunked_body_is_measured_as_it_streams_in(lb: LB) -> None:
+    """No length to judge by: the answer comes once the body passes the call's limit, not at its end."""
     with connect(lb) as sock:
         sock.sendall(b"POST " + API.encode() + b"getMeetings HTTP/1.1\r\nHost: lb\r\n"
-                     b"Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     b"10000\r\n" + b"a" * 65536)
+                     b"Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(2):
+            sock.sendall(b"10000\r\n" + b"a" * 65536 + b"\r\n")
         reply, _ = read_reply(sock, 3.0)
-    assert reply and status_of(reply) == 411 and b"lengthRequired" in reply
+    assert reply and b"requestTooLarge" in reply, reply[:300]
     assert_anonymous(reply)
+
+
+def test_a_client_that_reads_only_after_sending_sees_the_answer(lb: LB) -> None:
+    """The rest of a refused body is read and dropped, so the close does not reset the answer away."""
+    reply = http(lb.api + "getMeetings", method="POST", data=b"a" * (8 * 1024 * 1024),
+                 headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=30)
+    assert reply.field("messageKey") == "requestTooLarge"
 
 
 def test_too_many_parameters_are_refused(lb: LB) -> None:
@@ -172,10 +181,12 @@ def test_an_8_mb_post_neither_slows_other_calls_nor_grows_memory(lb: LB) -> None
     assert rss_after - rss_before < 20 * 1024, (rss_before, rss_after)
 
 
-def test_mitmproxys_hard_body_limit_answers_as_bbb(lb_factory) -> None:  # type: ignore[no-untyped-def]
+def test_a_streamed_upload_is_cut_at_the_upload_limit(lb_factory) -> None:  # type: ignore[no-untyped-def]
+    """A signed upload streaming past max_upload_bytes is cut by mitmproxy, whose answer is ours."""
     lb = lb_factory(limits={"max_upload_bytes": 100_000})
+    target = lb.sign("create", "meetingID=m1").removeprefix(lb.url).encode()
     with connect(lb) as sock:
-        sock.sendall(b"POST " + API.encode() + b"create HTTP/1.1\r\nHost: lb\r\n"
+        sock.sendall(b"POST " + target + b" HTTP/1.1\r\nHost: lb\r\n"
                      b"Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n")
         for _ in range(3):
             sock.sendall(b"10000\r\n" + b"a" * 65536 + b"\r\n")
