@@ -176,6 +176,8 @@ def test_an_8_mb_post_neither_slows_other_calls_nor_grows_memory(lb: LB) -> None
     for thread in pushers:
         thread.join(30)
     rss_after = lb_rss_kb(lb)
+    print(f"version p50 quiet {quiet * 1000:.1f} ms, while 8x8 MB are pushed {statistics.median(busy) * 1000:.1f} ms;"
+          f" LB RSS {rss_before // 1024} -> {rss_after // 1024} MB")
     assert len(refused) == 8
     assert statistics.median(busy) < max(10 * quiet, 0.1), (quiet, busy)
     assert rss_after - rss_before < 20 * 1024, (rss_before, rss_after)
@@ -308,3 +310,15 @@ def test_a_non_utf8_query_is_a_failed_answer_without_a_traceback(lb: LB, query: 
     assert b"<returncode>FAILED</returncode>" in reply, reply[:400]
     assert_anonymous(reply)
     assert "Traceback" not in lb.log()
+
+
+def test_the_checksum_is_checked_before_the_body_is_decoded(lb: LB) -> None:
+    """An unsigned body is never decoded: a body that is not UTF-8 gets checksumError, not a decoding error."""
+    body = b"meetingID=\xff\xfe&checksum=" + b"0" * 40
+    reply = http(lb.api + "getMeetingInfo", method="POST", data=body,
+                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert reply.field("messageKey") == "checksumError"
+    signed = lb.sign("getMeetingInfo", "meetingID=m").removeprefix(lb.api + "getMeetingInfo?")
+    reply = http(lb.api + "getMeetingInfo?" + signed, method="POST", data=b"x=\xff",
+                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert reply.field("messageKey") == "invalidParameters"  # decoded only once the caller is known
