@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+import shutil
 import yaml
 
 from lb_core import checksum
@@ -27,7 +28,29 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
 
+CHROMIUM = next((path for name in ("chromium", "chromium-browser", "google-chrome")
+                 if (path := shutil.which(name))), None)
+
+
+def require_chromium() -> str:
+    """The Chromium binary. Without one a browser test is skipped, but fails where ``CI`` is set:
+    a CI run that silently skipped the browser would report green for a page nobody loaded."""
+    if CHROMIUM is None:
+        message = "no chromium binary (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI is set, so the browser tests must run", pytrace=False)
+        pytest.skip(message)
+    return CHROMIUM
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("browser") is not None:
+        require_chromium()
+
+
 def free_port() -> int:
+    """A port nobody listens on (for "connection refused" checks). Never hand it to a child to bind:
+    another process can take it in between. Children bind port 0 and report what they got."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
