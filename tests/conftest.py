@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +20,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-import shutil
 import yaml
 
 from lb_core import checksum
