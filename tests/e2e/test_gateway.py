@@ -9,11 +9,20 @@ from __future__ import annotations
 import signal
 import socket
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 from bigbluebutton_api_python import BigBlueButton
 
-from tests.conftest import http
+from tests.conftest import LB, Simulator, http, make_lb
+
+
+@pytest.fixture(scope="module")
+def quiet_lb(tmp_path_factory: pytest.TempPathFactory, sim: Simulator) -> Iterator[LB]:
+    """One process for the tests that only send bad input: they change nothing, so they share it."""
+    lb = make_lb(tmp_path_factory.mktemp("quiet-lb"), sim).start()
+    yield lb
+    lb.stop()
 
 
 def server_of(sim, meeting_id: str) -> str:
@@ -100,8 +109,8 @@ def test_the_meeting_map_survives_a_restart(lb, sim, stop):
     "/bigbluebutton/api/isMeetingRunning?meetingID=%00%01&checksum=%C3%A9",
     "/bigbluebutton/api/../../etc/passwd",
 ])
-def test_hostile_requests_get_bbb_xml(lb, target):
-    reply = http(lb.url + target)
+def test_hostile_requests_get_bbb_xml(quiet_lb, target):
+    reply = http(quiet_lb.url + target)
     assert reply.headers.get("Content-Type") == "text/xml;charset=utf-8", reply.text[:200]
     assert reply.field("returncode") == "FAILED" and reply.field("messageKey") and reply.field("message")
 
@@ -111,8 +120,8 @@ def test_hostile_requests_get_bbb_xml(lb, target):
     b"POST /bigbluebutton/api/create?checksum=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
     b"Content-Type: application/x-www-form-urlencoded\r\n\r\n\xff\xfe\x00ab",
 ])
-def test_raw_bytes_on_the_wire_get_bbb_xml(lb, raw):
-    with socket.create_connection(("127.0.0.1", lb.port), timeout=10) as conn:
+def test_raw_bytes_on_the_wire_get_bbb_xml(quiet_lb, raw):
+    with socket.create_connection(("127.0.0.1", quiet_lb.port), timeout=10) as conn:
         conn.sendall(raw)
         data = b""
         while b"</response>" not in data:
@@ -125,8 +134,8 @@ def test_raw_bytes_on_the_wire_get_bbb_xml(lb, raw):
     assert b"<returncode>FAILED</returncode>" in body and b"<messageKey>" in body
 
 
-def test_an_oversized_body_is_refused_before_it_is_read(lb):
-    url = lb.sign("create", "meetingID=big&name=Big")
+def test_an_oversized_body_is_refused_before_it_is_read(quiet_lb):
+    url = quiet_lb.sign("create", "meetingID=big&name=Big")
     too_big = http(url, method="POST", data=b"<modules/>" + b" " * (65 * 1024 * 1024),
                    headers={"Content-Type": "application/xml"}, timeout=60)
     assert too_big.field("messageKey") == "requestTooLarge"
