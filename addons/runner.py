@@ -16,15 +16,16 @@ import tempfile
 import threading
 from pathlib import Path
 
-from mitmproxy import master, options
+from mitmproxy import ctx, master, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 
+from addons.admin import AdminListener
 from addons.bbb_lb import make_addons
 from addons.lb import BbbLoadBalancer
+from addons.limits import install_body_guard
 from lb_core import logs
 from lb_core.config import Config
-from lb_core.service import LoadBalancer
-from lb_core.store import StoreError
+from lb_core.store import StoreError, TinyDbStore
 
 REPO = Path(__file__).resolve().parent.parent
 SIMULATOR = REPO / "scripts" / "bbbsim.py"
@@ -118,6 +119,57 @@ def _one_line(message: str) -> str:
     return message.splitlines()[0] if message else "an error was logged during start-up"
 
 
+class AdoptBoundPort:
+    """With ``listen.port: 0`` the proxy binds a free port: the LB takes it as its own before it starts.
+
+    Runs before the load balancer's addon, once the proxy listens, so that the default ``public_url``
+    (the address BBB servers call back) carries the real port, not 0.
+    """
+
+    def __init__(self, lb: BbbLoadBalancer) -> None:
+        self.lb = lb
+        self.port = 0
+
+    def running(self) -> None:
+        config = self.lb.config
+        proxy = ctx.master.addons.get("proxyserver")
+        ports = [addr[1] for addr in proxy.listen_addrs()] if proxy is not None else []
+        if config is None or not ports:
+            return
+        self.port = ports[0]
+        if config.listen_port == 0:
+            derived = config.public_url == f"http://{config.listen_host}:0"
+            changes = {"listen_port": self.port}
+            if derived:
+                changes["public_url"] = f"http://{config.listen_host}:{self.port}"
+            self.lb.config = _replaced(config, changes)
+        logging.getLogger("bbb_lb").info("bbb-lb listening on http://%s:%d%s", config.listen_host, self.port,
+                                         "/bigbluebutton/api")
+
+
+class PortsFile:
+    """Writes the bound ports as JSON once every listener is up: how a test or script finds port 0's choice."""
+
+    def __init__(self, path: str, adopt: AdoptBoundPort, admin: AdminListener | None) -> None:
+        self.path = path
+        self.adopt = adopt
+        self.admin = admin
+
+    def running(self) -> None:
+        server = self.admin.server if self.admin is not None else None
+        ports = {"listen": self.adopt.port, "admin": server.port if server is not None else None}
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(ports, handle)
+        os.replace(tmp, self.path)  # readers never see half a file
+
+
+def _replaced(config: Config, changes: dict[str, object]) -> Config:
+    if dataclasses.is_dataclass(config):
+        return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
+    return config.model_copy(update=changes)  # type: ignore[attr-defined,no-any-return]
+
+
 def build_options(config: Config) -> options.Options:
     return options.Options(
         mode=["reverse:http://127.0.0.1:9"],  # never contacted: every flow is answered by the addon
@@ -128,13 +180,16 @@ def build_options(config: Config) -> options.Options:
 
 async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_password: str = "",
                 save_file: str = "", save_max_mb: float = 100.0, save_keep: int = 5, mask_passwords: bool = False,
-                extra_addons: list[object] | None = None) -> None:
+                extra_addons: list[object] | None = None, ports_file: str = "") -> None:
     if web:  # callbacks must never reach mitmweb's port either
-        config = dataclasses.replace(config, web_port=web_port)
+        config = _replaced(config, {"web_port": web_port})
     opts = build_options(config)
     chain = make_addons(inspect=web or bool(save_file)) + list(extra_addons or [])
     lb = chain[0]
     assert isinstance(lb, BbbLoadBalancer)
+    adopt = AdoptBoundPort(lb)
+    admin = next((a for a in chain if isinstance(a, AdminListener)), None)
+    chain = [adopt, *chain] + ([PortsFile(ports_file, adopt, admin)] if ports_file else [])
     if web:
         from mitmproxy.tools.web.master import WebMaster
 
@@ -150,11 +205,19 @@ async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_
         m.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
                      StartCheck(), *chain)
     lb.config = config
-    try:  # the store first: a locked or unreadable store stops the start before any port is opened
-        lb.lb = await LoadBalancer.start(config)
+    # The store first: a locked or unreadable store stops the start before any port is opened. The LB
+    # itself starts once the proxy listens (AdoptBoundPort gives it the real port first).
+    store = TinyDbStore(config.store_path)
+    try:
+        await store.open()
     except StoreError as exc:
         raise StartError(str(exc)) from None
-    opts.update(connection_strategy="lazy", body_size_limit=str(2 * config.max_body_bytes))  # hard backstop; the addon answers XML below it
+    lb.store = store
+    # Bodies are measured per call as they stream in (addons.limits); mitmproxy's one global limit is only
+    # the fallback should that guard not fit this mitmproxy version. HTTP/2 is off: the BBB API is HTTP/1.1
+    # and only the HTTP/1 protocol-error answers are ours.
+    body_size_limit = None if install_body_guard() else str(config.limits.max_upload_bytes)
+    opts.update(connection_strategy="lazy", body_size_limit=body_size_limit, http2=False)
     if save_file:  # addons.capture.Capture (in the chain) writes it, off the event loop and rotated
         opts.update(bbb_save_file=save_file, bbb_save_max_mb=str(save_max_mb), bbb_save_keep=save_keep,
                     bbb_mask_passwords=mask_passwords)
@@ -167,6 +230,7 @@ async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_
         if lb.lb is not None:
             await lb.lb.stop()
             lb.lb = None
+        await store.close()
 
 
 def run(config: Config, **kwargs: object) -> int:

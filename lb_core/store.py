@@ -257,6 +257,8 @@ class TinyDbStore(Store):
     # --- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
+        if self._writer is not None:
+            return  # opened already (``bbb-lb run`` opens it first, to stop early on a locked store)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._load)
         self._writer = asyncio.create_task(self._write_state_forever(), name="store-writer")
