@@ -126,7 +126,7 @@ class Partition:
         self.unsorted: set[str] = set()
 
     def apply(self, doc: dict[str, Any]) -> MeetingEvent | None:
-        """Apply one event; applying it twice changes nothing (a partition can be read while written)."""
+        """Apply one event; a create or an end applied twice changes nothing (joins are told apart by ``j``)."""
         kind = doc.get("t")
         event_id = str(doc.get("id", ""))
         if kind == "create":
@@ -147,9 +147,8 @@ class Partition:
         if event is None:
             return None
         if kind == "join":
-            join = JoinEvent(str(doc.get("name", "")), str(doc.get("role", "attendee")), int(doc.get("at", 0)))
-            if join not in event.users:
-                event.users.append(join)
+            event.users.append(JoinEvent(str(doc.get("name", "")), str(doc.get("role", "attendee")),
+                                         int(doc.get("at", 0))))
         elif kind == "end" and event.ended_at is None:
             event.ended_at = int(doc.get("at", 0))
         return event
@@ -350,7 +349,8 @@ class EventLog:
     def joined(self, event_id: str, name: str, role: str, at: int) -> None:
         partition = self._partition_of(event_id)
         if partition is not None:
-            self._record(partition, {"t": "join", "id": event_id, "name": name, "role": role, "at": at})
+            self._record(partition, {"t": "join", "id": event_id, "j": uuid.uuid4().hex[:12], "name": name,
+                                     "role": role, "at": at})
 
     def ended(self, event_id: str, at: int) -> None:
         partition = self._partition_of(event_id)
@@ -398,9 +398,15 @@ class EventLog:
         future: asyncio.Future[Partition] = asyncio.get_running_loop().create_future()
         self._loading[name] = future
         try:
-            partition = await self._read(name)
-            for doc in self._arrived.pop(name, ()):
+            partition = Partition(name)
+            joins_read: set[str] = set()
+            for doc in await self.store.read_events(name):
                 partition.apply(doc)
+                if doc.get("t") == "join" and doc.get("j"):
+                    joins_read.add(str(doc["j"]))
+            for doc in self._arrived.pop(name, ()):  # recorded while the partition was read: maybe read too
+                if doc.get("t") != "join" or str(doc.get("j")) not in joins_read:
+                    partition.apply(doc)
             meta = self._index.get(name)
             if meta is not None:
                 meta.summarise(partition)

@@ -214,3 +214,34 @@ async def test_event_files_of_earlier_versions_are_converted(tmp_path):
     assert new_id.startswith("00000001.")
     await events.close()
     await store.close()
+
+
+async def test_joins_recorded_while_a_partition_is_read_count_once(tmp_path):
+    store = await open_store(tmp_path)
+    events = EventLog(store)
+    events.PARTITION_SIZE = 1
+    events.CACHED_PARTITIONS = 1
+    await events.load()
+    now = int(time.time() * 1000)
+    first = events.created(integration="default", meeting_id="old", name="", at=now - 10, server_name="s",
+                           server_url="u", query=[])
+    events.joined(first, "Bob", "attendee", now)
+    events.joined(first, "Bob", "attendee", now)  # twice in one millisecond: two joins
+    events.created(integration="default", meeting_id="new", name="", at=now, server_name="s", server_url="u",
+                   query=[])  # "old" leaves memory
+    await store.flush()
+    assert events.get(first) is None
+    real_read = store.read_events
+
+    async def read_with_joins_around(partition: str):  # type: ignore[no-untyped-def]
+        events.joined(first, "Before", "attendee", now + 1)  # queued: read back and also seen arriving
+        docs = await real_read(partition)
+        events.joined(first, "After", "attendee", now + 2)  # only seen arriving
+        return docs
+
+    store.read_events = read_with_joins_around  # type: ignore[method-assign]
+    found = await events.query("default", EventQuery(created_from=None, limit=100))
+    old = next(e for e in found if e.meeting_id == "old")
+    assert [u.name for u in old.users] == ["Bob", "Bob", "Before", "After"]
+    await events.close()
+    await store.close()
