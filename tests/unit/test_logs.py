@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Iterator
 
@@ -88,3 +89,17 @@ def test_stop_writes_everything_queued_and_a_burst_is_flushed_together(stream: R
     lines = stream.text.splitlines()
     assert len(lines) == 2000 and lines[-1].endswith("line 1999")
     assert stream.flushes < 2000  # not one flush (a write syscall) per line
+
+
+def test_the_caller_only_queues_the_record() -> None:
+    class NoFormattingHere(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            raise AssertionError("formatted on the calling thread")
+
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    handler = logs.DeferredQueueHandler(records)
+    handler.setFormatter(NoFormattingHere())
+    record = logging.LogRecord("bbb_lb.api", logging.INFO, __file__, 1, "call=%s ms=%.1f", ("join", 1.25), None)
+    handler.handle(record)
+    queued = records.get_nowait()
+    assert queued is record and queued.args == ("join", 1.25) and not hasattr(queued, "message")
