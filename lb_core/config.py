@@ -87,6 +87,18 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CallbacksConfig:
+    """Calls to integrations' callback URLs: their own pool and the networks they may reach."""
+
+    allowed_networks: tuple[str, ...] = ()  # beyond public addresses, e.g. ("127.0.0.0/8",) for tests
+    max_connections: int = 32
+    max_per_host: int = 4
+    timeout_s: float = 10.0
+    connect_timeout_s: float = 3.0
+    max_response_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str
     listen_host: str
@@ -106,6 +118,8 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     log_level: str = "info"
     callback_retry_delays_s: tuple[float, ...] = (1, 2, 5, 10, 30, 60, 120, 300, 600)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    web_port: int | None = None  # mitmweb's port under ``run --web``; set by the runner, not the file
     running_cache_s: float = 1.0
     get_meetings_cache_s: float = 2.0
     record_events: bool = True
@@ -404,6 +418,19 @@ def parse(data: Any, source: str = "config.yaml", base_dir: Path | None = None) 
         isinstance(d, int | float) and not isinstance(d, bool) and d >= 0 for d in delays
     ):
         raise cb.fail("retry_delays_s", "must be a non-empty list of seconds")
+    callbacks = CallbacksConfig(
+        allowed_networks=cb.strings("allowed_networks"),
+        max_connections=cb.number("max_connections", 32, minimum=1, integer=True),
+        max_per_host=cb.number("max_per_host", 4, minimum=1, integer=True),
+        timeout_s=float(cb.number("timeout_s", 10.0, minimum=0.1)),
+        connect_timeout_s=float(cb.number("connect_timeout_s", 3.0, minimum=0.1)),
+        max_response_bytes=cb.number("max_response_bytes", 64 * 1024, minimum=0, integer=True),
+    )
+    for network in callbacks.allowed_networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise cb.fail("allowed_networks", f"{network!r} is not an IP network (CIDR)") from None
     cb.done()
 
     ev = top.mapping("events")
@@ -440,6 +467,7 @@ def parse(data: Any, source: str = "config.yaml", base_dir: Path | None = None) 
         admin=admin,
         log_level=log_level,
         callback_retry_delays_s=tuple(float(d) for d in delays),
+        callbacks=callbacks,
         running_cache_s=running_cache_s,
         get_meetings_cache_s=get_meetings_cache_s,
         record_events=record_events,
