@@ -79,6 +79,27 @@ class GeoConfig:
     nearby_km: float = 300.0
 
 
+UPLOAD_CALLS = frozenset({"create", "insertDocument", "putRecordingTextTrack"})
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """What an anonymous client may cost the LB before its checksum is checked."""
+
+    max_body_bytes: int = 64 * 1024  # form bodies of calls that are not uploads
+    max_upload_bytes: int = 64 * 1024 * 1024  # create, insertDocument, putRecordingTextTrack
+    max_query_bytes: int = 64 * 1024
+    max_params: int = 1000
+    request_head_timeout_s: float = 10.0
+    request_body_timeout_s: float = 60.0
+    idle_timeout_s: float = 60.0
+    max_connections: int = 1000
+
+    def body_limit(self, call: str) -> int:
+        """The largest body ``call`` may carry: uploads get the large limit, every other call the small one."""
+        return self.max_upload_bytes if call in UPLOAD_CALLS else self.max_body_bytes
+
+
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
     host: str = "127.0.0.1"
@@ -116,6 +137,7 @@ class Config:
     balancer: BalancerConfig = field(default_factory=BalancerConfig)
     geo: GeoConfig = field(default_factory=GeoConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     log_level: str = "info"
     callback_retry_delays_s: tuple[float, ...] = (1, 2, 5, 10, 30, 60, 120, 300, 600)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
@@ -410,6 +432,21 @@ def parse(data: Any, source: str = "config.yaml", base_dir: Path | None = None) 
         raise a.fail("token", "must be at least 16 characters")
     a.done()
 
+    lim = top.mapping("limits")
+    limits = LimitsConfig(
+        max_body_bytes=lim.number("max_body_bytes", 64 * 1024, minimum=1024, integer=True),
+        max_upload_bytes=lim.number("max_upload_bytes", int(max_body), minimum=1024, integer=True),
+        max_query_bytes=lim.number("max_query_bytes", 64 * 1024, minimum=1024, integer=True),
+        max_params=lim.number("max_params", 1000, minimum=16, integer=True),
+        request_head_timeout_s=float(lim.number("request_head_timeout_s", 10.0, minimum=0.1)),
+        request_body_timeout_s=float(lim.number("request_body_timeout_s", 60.0, minimum=0.1)),
+        idle_timeout_s=float(lim.number("idle_timeout_s", 60.0, minimum=0.1)),
+        max_connections=lim.number("max_connections", 1000, minimum=1, integer=True),
+    )
+    if limits.max_body_bytes > limits.max_upload_bytes:
+        raise lim.fail("max_body_bytes", "must not exceed max_upload_bytes")
+    lim.done()
+
     cb = top.mapping("callbacks")
     delays = cb._raw("retry_delays_s")
     if delays is None:
@@ -465,6 +502,7 @@ def parse(data: Any, source: str = "config.yaml", base_dir: Path | None = None) 
         balancer=balancer,
         geo=geo,
         admin=admin,
+        limits=limits,
         log_level=log_level,
         callback_retry_delays_s=tuple(float(d) for d in delays),
         callbacks=callbacks,
