@@ -2,7 +2,6 @@
 everywhere, numbers are bounded, and the admin API's bodies go through the same models."""
 
 import re
-import timeit
 
 import pytest
 
@@ -121,20 +120,12 @@ def test_flat_names_and_relative_paths(tmp_path):
 
 
 def test_hot_path_reads_are_plain_attribute_reads():
-    """Read per request (body limit, secrets): after the first read, as cheap as an instance attribute."""
+    """Read per request (body limit, secrets): computed once, then read from the instance like a field."""
     c = config.parse({**BASE, "integrations": [{"name": "i", "secret": "t"}]})
     integration = c.integrations[1]
-    assert c.max_body_bytes and integration.secrets == ("t",)
-    assert "max_body_bytes" in vars(c) and "secrets" in vars(integration)
-
-    class Plain:
-        max_body_bytes = 1
-
-    plain = Plain()
-    plain.max_body_bytes = 2
-    ours = min(timeit.repeat(lambda: c.max_body_bytes, number=20000, repeat=5))
-    baseline = min(timeit.repeat(lambda: plain.max_body_bytes, number=20000, repeat=5))
-    assert ours < baseline * 3, (ours, baseline)
+    assert "max_body_bytes" not in vars(c) and "secrets" not in vars(integration)
+    assert c.max_body_bytes == 64 * 1024 * 1024 and integration.secrets == ("t",)
+    assert vars(c)["max_body_bytes"] == c.max_body_bytes and vars(integration)["secrets"] == ("t",)
 
 
 def test_admin_bodies_use_the_same_models():
