@@ -105,10 +105,20 @@ def _one_or_many(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+def _networks(value: tuple[str, ...]) -> tuple[str, ...]:
+    for network in value:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"{network!r} is not an IP network") from None
+    return value
+
+
 Text = Annotated[str, BeforeValidator(_text), Strict()]
 Required = Annotated[Text, AfterValidator(_not_empty)]
 Name = Annotated[Text, AfterValidator(_name)]
 Url = Annotated[Text, AfterValidator(check_url)]
+Networks = Annotated[tuple[Text, ...], BeforeValidator(_one_or_many), AfterValidator(_networks)]  # CIDR
 Flag = Annotated[bool, Strict()]
 Port = Annotated[int, Strict(), Field(ge=0, le=65535)]
 Checksum = Literal["sha1", "sha256", "sha384", "sha512"]
@@ -213,7 +223,7 @@ class BalancerConfig(Model):
 class GeoConfig(Model):
     database: Text | None = None
     prefer_nearby: Flag = False
-    trusted_proxies: Annotated[tuple[Text, ...], BeforeValidator(_one_or_many)] = ()
+    trusted_proxies: Networks = ()
     nearby_km: Number = 300.0
 
     @field_validator("database")
@@ -225,16 +235,6 @@ class GeoConfig(Model):
         if not os.path.isfile(path):
             raise ValueError(f"no such file: {path}")
         return path
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for network in value:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise ValueError(f"{network!r} is not an IP network") from None
-        return value
 
     @model_validator(mode="after")
     def _nearby_needs_database(self) -> GeoConfig:
