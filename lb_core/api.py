@@ -27,6 +27,17 @@ SPECIAL = {"create", "join", "getDefaultConfigXML"}
 KNOWN_CALLS = ROUTED | RECORDING_ROUTED | MERGED | LOCAL | SPECIAL
 JSON_CALLS = {"getRecordingTextTracks", "putRecordingTextTrack"}
 
+# HTTP methods each call answers, as bbb-web routes them (UrlMappings): a call that only reads its
+# query (join, publishRecordings, deleteRecordings) is GET-only there, so a POST must not act.
+DEFAULT_METHODS = frozenset({"GET", "POST", "HEAD"})
+GET_ONLY = frozenset({"GET", "HEAD"})
+ALLOWED_METHODS = {name: GET_ONLY for name in ("join", "publishRecordings", "deleteRecordings")}
+
+
+def allowed_methods(name: str) -> frozenset[str]:
+    return ALLOWED_METHODS.get(name, DEFAULT_METHODS)
+
+
 FORM = "application/x-www-form-urlencoded"
 ALLOWED_CONTENT_TYPES = {
     "create": {FORM, "multipart/form-data", "application/xml", "text/xml"},

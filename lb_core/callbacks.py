@@ -25,7 +25,7 @@ from lb_core.backend import BackendClient, BackendError
 from lb_core.config import IntegrationConfig
 from lb_core.meetings import MeetingRecord
 from lb_core.pool import Pool
-from lb_core.query import RawQuery
+from lb_core.query import RawQuery, encode_value
 from lb_core.store import Store
 
 log = logging.getLogger("bbb_lb.callbacks")
@@ -56,7 +56,7 @@ def _xml_answer(status: int, key: str, message: str) -> Answer:
 class Callbacks:
     def __init__(self, store: Store, backend: BackendClient, pool: Pool, public_url: str,
                  integrations: Callable[[], dict[str, IntegrationConfig]],
-                 meeting_ended: Callable[[str, str, str], Awaitable[None]],
+                 meeting_ended: Callable[[str, str, str], Awaitable[bool]],
                  retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S) -> None:
         self.store = store
         self.backend = backend
@@ -110,10 +110,21 @@ class Callbacks:
         return await self._recording_ready(doc, request)
 
     async def _end(self, doc: dict[str, Any], token: str, request: Request) -> Answer:
-        await self.meeting_ended(doc["integration"], doc["meeting_id"], doc["server"])
+        """Anyone who saw the meeting's metadata knows this URL: the server must confirm the end first.
+
+        Unconfirmed, nothing is forgotten or relayed and the token stays for the real callback. The
+        integration gets the meeting's own ID (not the caller's query) and BBB's recordingmarks flag.
+        """
+        if not await self.meeting_ended(doc["integration"], doc["meeting_id"], doc["server"]):
+            log.warning("end callback for meeting %s of %s not confirmed by %s: ignored", doc["meeting_id"],
+                        doc["integration"], doc["server"])
+            return _xml_answer(409, "notEnded", "The meeting's server does not confirm that it ended.")
+        marks = dict(parse_qsl(request.raw_query)).get("recordingmarks", "")
+        query = "meetingID=" + encode_value(doc["meeting_id"])
+        if marks in ("true", "false"):
+            query += "&recordingmarks=" + marks
         url = doc["url"]
-        if request.raw_query:
-            url += ("&" if "?" in url else "?") + request.raw_query
+        url += ("&" if "?" in url else "?") + query
         await self._deliver_later({"method": "GET", "url": url, "integration": doc["integration"],
                                    "what": "end callback"})
         await self.store.delete(CALLBACKS_TABLE, token)

@@ -13,9 +13,10 @@ import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from lxml import etree
@@ -32,6 +33,7 @@ from lb_core.api import (
     Answer,
     Call,
     Request,
+    allowed_methods,
 )
 from lb_core.backend import BackendClient, BackendError, BackendReply
 from lb_core.balancer import Placement, place
@@ -49,9 +51,20 @@ RESERVED_META = {
     "mconflb-guid", "mconflb-institution", "mconflb-institution-name",
     "mconflb-rec-server", "mconflb-rec-server-url", "mconflb-rec-server-key",
 }
+# Every ``meta_mconflb-*`` (any case) is the LB's: an integration setting one could claim another's meeting.
+RESERVED_META_PREFIX = "mconflb-"
 LB_ONLY_PARAMS = ("preferredServer",)
+# Parameters that decide where a call goes or what it may do: two different values are refused, since
+# the LB and the backend could each read a different one.
+SINGLE_VALUED_PARAMS = ("meetingID", "recordID", "role", "record")
+# bbb-web resolves a meetingID of this shape (sha1 hex, a dash, the creation time in ms) to the meeting with
+# that internal ID, whoever created it: such IDs are never created through the LB, nor routed.
+INTERNAL_MEETING_ID = re.compile(r"\s*[0-9a-fA-F]{40}-[0-9]+\s*")
 MAX_CREATE_ATTEMPTS = 3
 _VOICE_BRIDGE_ATTEMPTS = 200
+# Caches are bounded so memory does not grow with history; a miss costs one backend look-up.
+RECORDINGS_CACHE_MAX = 50_000
+RUNNING_CACHE_MAX = 20_000
 
 
 def now_ms() -> int:
@@ -60,6 +73,57 @@ def now_ms() -> int:
 
 def is_success(root: etree._Element) -> bool:
     return bbbxml.returncode(root) == "SUCCESS"
+
+
+def is_internal_meeting_id(meeting_id: str) -> bool:
+    return INTERNAL_MEETING_ID.fullmatch(meeting_id) is not None
+
+
+def has_reserved_meta(call: Call) -> bool:
+    return any(key.startswith(RESERVED_META_PREFIX) for key in call.meta())
+
+
+def conflicting_param(pairs: list[tuple[str, str]]) -> str | None:
+    """The first routing parameter given twice with different values, if any."""
+    seen: dict[str, str] = {}
+    for key, value in pairs:
+        if key in SINGLE_VALUED_PARAMS and seen.setdefault(key, value) != value:
+            return key
+    return None
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class LruCache(Generic[K, V]):
+    """A mapping that drops its least recently used entries beyond ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K, default: V | None = None) -> V | None:
+        try:
+            self._items.move_to_end(key)
+        except KeyError:
+            return default
+        return self._items[key]
+
+    def __setitem__(self, key: K, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.limit:
+            self._items.popitem(last=False)
+
+    def pop(self, key: K, default: V | None = None) -> V | None:
+        return self._items.pop(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class Gateway:
@@ -78,7 +142,7 @@ class Gateway:
         self.integrations: dict[str, IntegrationConfig] = {i.name: i for i in config.integrations}
         self._trusted_proxies = [ipaddress.ip_network(p, strict=False) for p in config.geo.trusted_proxies]
         # recordID -> (server name, owning integration), learned from creates and recording listings.
-        self.recordings: dict[str, tuple[str, str]] = {}
+        self.recordings: LruCache[str, tuple[str, str]] = LruCache(RECORDINGS_CACHE_MAX)
         self._secrets: list[tuple[str, IntegrationConfig]] = []
         self.set_integrations(list(config.integrations))
         self._handlers: dict[str, Callable[[Call, Answer], Awaitable[Answer]]] = {
@@ -103,7 +167,7 @@ class Gateway:
         }
         self.callbacks: Callbacks | None = None
         # isMeetingRunning answers per meeting key, briefly: integrations poll it while users wait.
-        self._running_cache: dict[str, tuple[float, bytes]] = {}
+        self._running_cache: LruCache[str, tuple[float, bytes]] = LruCache(RUNNING_CACHE_MAX)
         # getMeetings listings per server (from polls or live calls), reused while young enough.
         self._listings: dict[str, tuple[float, Listing]] = {}
         self._refreshing: dict[str, asyncio.Future[None]] = {}
@@ -138,6 +202,13 @@ class Gateway:
             name = name[:-4]
         if name not in KNOWN_CALLS:
             return Answer.error(errors.unsupported_request(), call=name[:64])
+        methods = allowed_methods(name)
+        if request.method not in methods:
+            # bbb-web has no route for this method: nothing is done, whatever the checksum.
+            answer = Answer.error(ApiError("unsupportedRequest", "This HTTP method is not supported.", 405),
+                                  call=name)
+            answer.headers["Allow"] = ", ".join(sorted(methods))
+            return answer
         info = Answer(200, b"", {}, call=name)
         try:
             if len(request.body) > self.config.max_body_bytes:
@@ -153,6 +224,8 @@ class Gateway:
             info.meeting_id = call.param("meetingID")
             if not call.integration.enabled:
                 raise errors.permission_denied_access()
+            if (twice := conflicting_param(call.pairs)) is not None:
+                raise errors.invalid_parameter(f"{twice} is given more than once with different values")
             answer = await self._handlers[name](call, info)
         except ApiError as error:
             answer = Answer.error(error)
@@ -164,8 +237,6 @@ class Gateway:
 
     def verify(self, name: str, request: Request) -> Call:
         """Check the checksum as bbb-web does and find the integration that signed the call."""
-        if request.method not in ("GET", "POST", "HEAD"):
-            raise ApiError("unsupportedRequest", "This HTTP method is not supported.", 405)
         content_type = request.content_type
         body: bytes | None = request.body or None
         if body is not None:
@@ -222,9 +293,16 @@ class Gateway:
         return Answer.xml(body, call="version", result="SUCCESS")
 
     def record_for(self, call: Call) -> MeetingRecord | None:
+        """The meeting the calling integration created under this ID: the only way a call reaches a backend.
+
+        An internal-ID-shaped meetingID is never routed, even if an older version recorded one: bbb-web
+        would resolve it to whichever meeting has that internal ID.
+        """
         meeting_id = call.param("meetingID")
         if not meeting_id:
             raise errors.missing_meeting_id()
+        if is_internal_meeting_id(meeting_id):
+            return None
         return self.meetings.get(call.integration.name, meeting_id)
 
     def known_record(self, call: Call) -> MeetingRecord:
@@ -305,7 +383,9 @@ class Gateway:
         meeting_id = call.param("meetingID")
         if not meeting_id:
             raise errors.missing_meeting_id()
-        if any(key in RESERVED_META for key in call.meta()):
+        if is_internal_meeting_id(meeting_id):
+            raise errors.invalid_parameter("meetingID has the form of an internal meeting ID")
+        if has_reserved_meta(call):
             raise errors.invalid_parameters()
         integration = call.integration
         if call.param("record").lower() == "true" and not integration.can_record:
@@ -413,7 +493,8 @@ class Gateway:
     async def create_on(self, server: Server, call: Call, info: Answer, record: MeetingRecord) -> Answer:
         """A create for a meeting the LB already placed: the server answers with BBB's own semantics."""
         query, pending = self.create_query(call, server)
-        answer, root = await self.routed(server, call, info, query)
+        async with self.meetings.creation_lock(server.name, record.meeting_id):
+            answer, root = await self.routed(server, call, info, query)
         if root is not None and is_success(root) and bbbxml.text_of(root, "messageKey") != "duplicateWarning":
             # The server had forgotten the meeting and created it again: a new session.
             await self.record_created(call, server, root, pending, replaces=record)
@@ -426,36 +507,74 @@ class Gateway:
             raise errors.no_server_available()
         info.route = "routed"
         tried: list[str] = []
-        for server in placement.order[:MAX_CREATE_ATTEMPTS]:
-            query, pending = self.create_query(call, server)
-            meeting_id = call.param("meetingID")
-            server.note_create(meeting_id, time.time())
-            try:
-                reply = await self.forward(server, call, info, query)
-            except BackendError as exc:
-                server.note_end(meeting_id)
-                tried.append(f"{server.name}: {exc}")
-                log.warning("create of %s on %s failed, trying the next server: %s", meeting_id, server.name, exc)
-                continue
-            try:
-                answer, root = self.relay(reply, info, call)
-            except ApiError as exc:  # reachable but broken (a 5xx page): the next server may do
-                server.note_end(meeting_id)
-                tried.append(f"{server.name}: {exc.message}")
-                log.warning("create of %s on %s failed, trying the next server: %s", meeting_id, server.name,
-                            exc.message)
-                continue
-            if root is None or not is_success(root):
-                server.note_end(meeting_id)
-                return answer, None
-            if tried:
-                info.decision["failover"] = tried
-            log.info("placed meeting %s of %s on %s: %s; candidates %s%s", meeting_id, call.integration.name,
-                     server.name, placement.reason, _scores(placement), f"; failover {tried}" if tried else "")
-            record = await self.record_created(call, server, root, pending)
-            return answer, record
+        meeting_id = call.param("meetingID")
+        attempts = 0
+        for server in placement.order:
+            if attempts >= MAX_CREATE_ATTEMPTS:
+                break
+            async with self.meetings.creation_lock(server.name, meeting_id):
+                if server.name in self.meetings.holders_of(meeting_id, other_than=call.integration.name):
+                    # Another integration placed this ID here while this create waited: one backend
+                    # meeting per ID, so this one goes elsewhere.
+                    continue
+                attempts += 1
+                outcome = await self.create_attempt(server, call, info, placement, tried)
+            if outcome is not None:
+                return outcome
         info.decision["failover"] = tried
         raise errors.no_server_available()
+
+    async def create_attempt(self, server: Server, call: Call, info: Answer, placement: Placement,
+                             tried: list[str]) -> tuple[Answer, MeetingRecord | None] | None:
+        """One create on one server, under its (server, meetingID) lock; None means try the next server."""
+        meeting_id = call.param("meetingID")
+        query, pending = self.create_query(call, server)
+        server.note_create(meeting_id, time.time())
+        try:
+            reply = await self.forward(server, call, info, query)
+        except BackendError as exc:
+            server.note_end(meeting_id)
+            tried.append(f"{server.name}: {exc}")
+            log.warning("create of %s on %s failed, trying the next server: %s", meeting_id, server.name, exc)
+            return None
+        try:
+            answer, root = self.relay(reply, info, call)
+        except ApiError as exc:  # reachable but broken (a 5xx page): the next server may do
+            server.note_end(meeting_id)
+            tried.append(f"{server.name}: {exc.message}")
+            log.warning("create of %s on %s failed, trying the next server: %s", meeting_id, server.name,
+                        exc.message)
+            return None
+        if root is None or not is_success(root):
+            server.note_end(meeting_id)
+            return answer, None
+        if (bbbxml.text_of(root, "messageKey") == "duplicateWarning"
+                and not await self.owns_backend_meeting(server, call)):
+            # The server already runs a meeting with this ID that the LB did not create for this
+            # integration: its answer (passwords included) is someone else's.
+            log.warning("create of %s by %s on %s conflicts with a meeting the LB did not create for it",
+                        meeting_id, call.integration.name, server.name)
+            raise ApiError("idNotUnique", "A meeting already exists with that meeting ID, but it belongs to "
+                                          "another application.")
+        if tried:
+            info.decision["failover"] = tried
+        log.info("placed meeting %s of %s on %s: %s; candidates %s%s", meeting_id, call.integration.name,
+                 server.name, placement.reason, _scores(placement), f"; failover {tried}" if tried else "")
+        record = await self.record_created(call, server, root, pending)
+        return answer, record
+
+    async def owns_backend_meeting(self, server: Server, call: Call) -> bool:
+        """Whether the server's meeting with the call's ID was created by this LB for this integration."""
+        query = RawQuery.parse("meetingID=" + encode_value(call.param("meetingID")))
+        try:
+            reply = await self.backend.call(server.config, "getMeetingInfo", query.text,
+                                            timeout_s=self.config.monitor.timeout_s)
+            root = bbbxml.parse(reply.body)
+        except (BackendError, bbbxml.XmlError):
+            return False
+        return (is_success(root)
+                and root.findtext("metadata/mconflb-institution") == call.integration.name
+                and root.findtext("metadata/mconflb-guid") == self.instance_id)
 
     async def record_created(self, call: Call, server: Server, root: etree._Element,
                              pending: list[PendingCallback], replaces: MeetingRecord | None = None) -> MeetingRecord:
@@ -483,11 +602,34 @@ class Gateway:
             await self.callbacks.remember(pending, record)
         return record
 
-    async def meeting_ended(self, integration: str, meeting_id: str, server: str) -> None:
-        """An end callback from a server: the meeting is over now, not at the next poll."""
+    async def meeting_ended(self, integration: str, meeting_id: str, server: str) -> bool:
+        """An end callback names this meeting: forget it if, and only if, its server confirms it ended.
+
+        The callback URL's token sits in meeting metadata that clients can read, so the call itself
+        proves nothing. False when the server still runs it or cannot be asked.
+        """
         record = self.meetings.get(integration, meeting_id)
+        holder = self.pool.get(server)
+        if holder is None:
+            return False
+        query = RawQuery.parse("meetingID=" + encode_value(meeting_id))
+        try:
+            reply = await self.backend.call(holder.config, "getMeetingInfo", query.text,
+                                            timeout_s=self.config.monitor.timeout_s)
+            root = bbbxml.parse(reply.body)
+        except (BackendError, bbbxml.XmlError):
+            return False
+        if is_success(root):
+            ours = (root.findtext("metadata/mconflb-institution") == integration
+                    and (record is None or not record.internal_id
+                         or root.findtext("internalMeetingID") == record.internal_id))
+            if ours and root.findtext("endTime") in (None, "", "0"):
+                return False  # still there and not ended
+        elif bbbxml.text_of(root, "messageKey") != "notFound":
+            return False
         if record is not None and record.server == server:
             await self.forget(record)
+        return True
 
     # --- join and meeting calls ----------------------------------------------------------------------
 
@@ -514,6 +656,7 @@ class Gateway:
 
     def note_join(self, server: Server, record: MeetingRecord, call: Call, moderator: bool) -> None:
         server.note_join()
+        self._running_cache.pop(record.key, None)  # a cached running=false would now be wrong
         if record.event_id:
             self.events.joined(record.event_id, call.param("fullName"), "moderator" if moderator else "attendee",
                                now_ms())
@@ -612,6 +755,10 @@ class Gateway:
 
     async def _refresh_listings(self, servers: list[Server], info: Answer) -> None:
         asked_at = time.monotonic()
+        known = {s.name for s in self.pool}
+        for table in (self._listings, self._fresh, self._changed_at):
+            for gone in [name for name in table if name not in known]:  # servers removed from the pool
+                del table[gone]
         for server in servers:
             self._fresh.pop(server.name, None)  # a server that fails now is left out, not shown as it was
         try:
@@ -714,6 +861,8 @@ class Gateway:
         return by_server
 
     async def recordings_action(self, call: Call, info: Answer) -> Answer:
+        if call.name == "updateRecordings" and has_reserved_meta(call):
+            raise errors.invalid_parameters()  # as on create: no recording is re-labelled as another's
         raw_ids = call.param("recordID")
         if not raw_ids:
             raise ApiError("missingParamRecordID", "You must specify one or more a record IDs.")

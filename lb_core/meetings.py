@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,6 +41,12 @@ class MeetingRecord:
         return cls(**known)
 
 
+@dataclass(slots=True)
+class _SharedLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 def meeting_key(integration: str, meeting_id: str) -> str:
     # Integration names cannot hold a space, so the key is unambiguous.
     return f"{integration} {meeting_id}"
@@ -54,6 +62,9 @@ class MeetingRegistry:
         self._voice_bridges: dict[str, dict[str, str]] = defaultdict(dict)
         self._by_meeting_id: dict[str, set[str]] = defaultdict(set)
         self._creating: dict[str, asyncio.Future[MeetingRecord | None]] = {}
+        # (server, backend meetingID) -> [lock, holders]: creates of one backend ID on one server, by
+        # any integration, run one after the other; the entry lives only while someone holds or waits.
+        self._backend_locks: dict[tuple[str, str], _SharedLock] = {}
 
     async def load(self) -> None:
         for doc in (await self.store.all(TABLE)).values():
@@ -93,9 +104,26 @@ class MeetingRegistry:
     def by_integration(self, integration: str) -> list[MeetingRecord]:
         return [m for m in self._meetings.values() if m.integration == integration]
 
-    def holders_of(self, meeting_id: str) -> set[str]:
-        """Servers where any integration runs a meeting with this ID (backend IDs must not clash)."""
-        return {self._meetings[k].server for k in self._by_meeting_id.get(meeting_id, ())}
+    def holders_of(self, meeting_id: str, other_than: str | None = None) -> set[str]:
+        """Servers where any integration (but ``other_than``) runs a meeting with this ID (backend IDs must not clash)."""
+        return {record.server for k in self._by_meeting_id.get(meeting_id, ())
+                if (record := self._meetings[k]).integration != other_than}
+
+    @contextlib.asynccontextmanager
+    async def creation_lock(self, server: str, meeting_id: str) -> AsyncIterator[None]:
+        """Hold while creating ``meeting_id`` on ``server``, so two integrations' creates never merge there."""
+        key = (server, meeting_id)
+        entry = self._backend_locks.get(key)
+        if entry is None:
+            entry = self._backend_locks[key] = _SharedLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._backend_locks[key]
 
     def voice_bridge_in_use(self, server: str, voice_bridge: str) -> bool:
         return voice_bridge in self._voice_bridges.get(server, {})
