@@ -15,6 +15,7 @@ from mitmproxy import flow as mflow
 
 from addons.lb import BbbLoadBalancer
 from lb_core.api import Answer
+from lb_core.safe_errors import redact
 
 FAILED_MARK = ":red_circle:"
 REDACTED = "checksum=<redacted>"
@@ -52,7 +53,7 @@ class Annotate:
             "result": answer.result,
             "ms": round(elapsed_ms, 2),
             "decision": answer.decision,
-            "backend": answer.backend,
+            "backend": [{**e, "error": redact(str(e["error"]))} if "error" in e else e for e in answer.backend],
         }
         flow.comment = describe(answer)
         if failed(answer):
@@ -84,7 +85,7 @@ class Annotate:
                 child.response = http.Response.make(int(entry["status"]))
                 child.response.timestamp_start = child.response.timestamp_end = now
             else:
-                child.error = mflow.Error(str(entry.get("error", "no answer")))
+                child.error = mflow.Error(redact(str(entry.get("error", "no answer"))))
             child.metadata["bbb_backend_of"] = parent.id
             child.comment = f"backend call for {answer.call or parent.request.path}"
             children.append(child)

@@ -59,6 +59,8 @@ def build_options(config: Config) -> options.Options:
 async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_password: str = "",
                 save_file: str = "", save_max_mb: float = 100.0, save_keep: int = 5, mask_passwords: bool = False,
                 extra_addons: list[object] | None = None) -> None:
+    if web:  # callbacks must never reach mitmweb's port either
+        config = config.with_web_port(web_port)
     opts = build_options(config)
     chain = make_addons(inspect=web or bool(save_file)) + list(extra_addons or [])
     lb = chain[0]

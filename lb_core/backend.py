@@ -11,6 +11,7 @@ from yarl import URL
 
 from lb_core import checksum
 from lb_core.config import ServerConfig
+from lb_core.safe_errors import describe
 
 # Headers a backend answer may carry through the LB; hop-by-hop and cookies stay behind.
 PASS_HEADERS = ("Content-Type", "Content-Disposition", "Cache-Control")
@@ -86,12 +87,10 @@ class BackendClient:
                     reply_headers["Location"] = response.headers["Location"]
                 return BackendReply(server.name, response.status, reply_headers, data,
                                     (time.perf_counter() - started) * 1000, f"{server.api_url}{call}?{query}")
-        except TimeoutError:
-            raise BackendError(server.name, "timed out", timeout=True) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise BackendError(server.name, f"connection failed: {exc.os_error or exc}", refused=True) from None
-        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
-            raise BackendError(server.name, f"request failed: {type(exc).__name__}: {exc}") from None
+        except (TimeoutError, aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
+            # The exception's text names the signed URL: only its safe description goes on.
+            raise BackendError(server.name, describe(exc), timeout=isinstance(exc, TimeoutError),
+                               refused=isinstance(exc, aiohttp.ClientConnectorError)) from None
 
     async def _read_all(self, response: aiohttp.ClientResponse, server: str) -> bytes:
         """The whole body, refused past max_body_bytes (``content.read(n)`` would stop at what is buffered)."""
@@ -103,17 +102,3 @@ class BackendClient:
                 raise BackendError(server, "answer larger than backend.max_body_bytes")
             chunks.append(chunk)
         return b"".join(chunks)
-
-    async def fetch(self, url: str, *, method: str = "GET", data: bytes | dict[str, str] | None = None,
-                    headers: dict[str, str] | None = None, timeout_s: float = 10.0) -> int:
-        """A plain outbound call (callbacks to integrations); answers the HTTP status."""
-        timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(self.connect_timeout_s, timeout_s))
-        try:
-            async with self.session.request(method, url, data=data, headers=headers, timeout=timeout,
-                                            allow_redirects=False) as response:
-                await response.content.read(65536)
-                return response.status
-        except TimeoutError:
-            raise BackendError(url, "timed out", timeout=True) from None
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
-            raise BackendError(url, f"request failed: {type(exc).__name__}") from None

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from lb_core import bbbxml, jwt
+from lb_core import bbbxml, errors, jwt
 from lb_core.api import CALLBACK_PREFIX, Answer, Call, Request
-from lb_core.backend import BackendClient, BackendError
+from lb_core.backend import BackendClient
 from lb_core.config import IntegrationConfig
 from lb_core.meetings import MeetingRecord
+from lb_core.outbound import DeliveryFailed, OutboundClient, TargetRefused, describe_target
 from lb_core.pool import Pool
 from lb_core.query import RawQuery, encode_value
 from lb_core.store import Store
@@ -57,9 +58,10 @@ class Callbacks:
     def __init__(self, store: Store, backend: BackendClient, pool: Pool, public_url: str,
                  integrations: Callable[[], dict[str, IntegrationConfig]],
                  meeting_ended: Callable[[str, str, str], Awaitable[bool]],
-                 retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S) -> None:
+                 retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S, *, outbound: OutboundClient) -> None:
         self.store = store
         self.backend = backend
+        self.outbound = outbound  # the integrations' own pool: never the backend one
         self.pool = pool
         self.public_url = public_url.rstrip("/")
         self.integrations = integrations
@@ -71,20 +73,34 @@ class Callbacks:
 
     # --- on create ----------------------------------------------------------------------------------
 
-    def rewrite_create(self, call: Call, query: RawQuery) -> tuple[RawQuery, list[PendingCallback]]:
-        """Replace the integration's callback URLs with the LB's own."""
-        pending: list[PendingCallback] = []
+    @staticmethod
+    def callback_params(call: Call) -> list[tuple[str, str, str]]:
+        """(kind, parameter, URL) of each callback URL a create carries."""
+        found: list[tuple[str, str, str]] = []
         for key, value in call.pairs:
             lowered = key.lower()
             if not lowered.startswith("meta_") or not value:
                 continue
             meta = lowered[5:]
             if meta == END_KEY:
-                kind = "end"
+                found.append(("end", key, value))
             elif meta in RECORDING_READY_KEYS:
-                kind = "recording"
-            else:
-                continue
+                found.append(("recording", key, value))
+        return found
+
+    async def check_create(self, call: Call) -> None:
+        """A create whose callback URL the LB would refuse to call is refused now, where the integration
+        sees it (invalidParameters), rather than dropped silently when the meeting ends."""
+        for _, key, url in self.callback_params(call):
+            try:
+                await self.outbound.check(url)
+            except TargetRefused as exc:
+                raise errors.invalid_parameter(f"{key} is refused: {exc}") from None
+
+    def rewrite_create(self, call: Call, query: RawQuery) -> tuple[RawQuery, list[PendingCallback]]:
+        """Replace the integration's callback URLs with the LB's own."""
+        pending: list[PendingCallback] = []
+        for kind, key, value in self.callback_params(call):
             token = secrets.token_urlsafe(24)
             pending.append(PendingCallback(token, kind, key, value))
             query = query.replaced(key, f"{self.public_url}{CALLBACK_PREFIX}{kind}/{token}")
@@ -168,8 +184,15 @@ class Callbacks:
 
     async def _deliver(self, key: str, delivery: dict[str, Any]) -> None:
         attempts = int(delivery.get("attempts", 0))
+        target = describe_target(delivery["url"])  # logs name the host only: the URL may carry tokens
         while True:
-            status = await self._attempt(delivery)
+            try:
+                status, failure = await self._attempt(delivery)
+            except TargetRefused as exc:  # e.g. its name now resolves to a private address: never retried
+                self.failed_total += 1
+                log.warning("%s to integration %s dropped: %s is refused: %s", delivery["what"],
+                            delivery["integration"], target, exc)
+                break
             attempts += 1
             if status is not None and 200 <= status < 300:
                 self.delivered_total += 1
@@ -178,27 +201,29 @@ class Callbacks:
                 break
             if (status in GIVE_UP_STATUSES) or attempts > len(self.retry_delays_s):
                 self.failed_total += 1
-                log.warning("%s to integration %s given up after %d attempts (last: %s)", delivery["what"],
-                            delivery["integration"], attempts, status or "no answer")
+                log.warning("%s to integration %s at %s given up after %d attempts (last: %s)", delivery["what"],
+                            delivery["integration"], target, attempts, status or failure or "no answer")
                 break
             await self.store.put(DELIVERIES_TABLE, key, {**delivery, "attempts": attempts})
             await asyncio.sleep(self.retry_delays_s[attempts - 1])
         await self.store.delete(DELIVERIES_TABLE, key)
 
-    async def _attempt(self, delivery: dict[str, Any]) -> int | None:
+    async def _attempt(self, delivery: dict[str, Any]) -> tuple[int | None, str]:
+        """(HTTP status, "") or (None, why it failed); TargetRefused when the target is not allowed."""
         try:
             if delivery["method"] == "GET":
-                return await self.backend.fetch(delivery["url"])
+                return await self.outbound.send(delivery["url"]), ""
             integration = self.integrations().get(delivery["integration"])
             if integration is None:
-                return 410
+                return 410, ""
             signed = jwt.encode(delivery["payload"], integration.secrets[0], "HS256")
-            return await self.backend.fetch(delivery["url"], method="POST", data={"signed_parameters": signed})
-        except BackendError:
-            return None
+            return await self.outbound.send(delivery["url"], method="POST", data={"signed_parameters": signed}), ""
+        except DeliveryFailed as exc:
+            return None, str(exc)
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.outbound.close()

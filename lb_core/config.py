@@ -175,7 +175,15 @@ class AdminConfig(Model):
 
 
 class CallbacksConfig(Model):
+    """Calls to integrations' callback URLs: retries, their own pool and the networks they may reach."""
+
     retry_delays_s: Annotated[tuple[Seconds(0), ...], Field(min_length=1)] = DEFAULT_RETRY_DELAYS_S
+    allowed_networks: Networks = ()  # beyond public addresses, e.g. ["127.0.0.0/8"] for tests
+    max_connections: Count(1) = 32
+    max_per_host: Count(1) = 4
+    timeout_s: Seconds(0.1) = 10.0
+    connect_timeout_s: Seconds(0.1) = 3.0
+    max_response_bytes: Count(0) = 64 * 1024
 
 
 class EventsConfig(Model):
@@ -210,6 +218,7 @@ class Config(Model):
     log_level: Literal["debug", "info", "warn", "error"] = "info"
 
     _source: str = PrivateAttr("config.yaml")
+    _web_port: int | None = PrivateAttr(None)
 
     @field_validator("public_url")
     @classmethod
@@ -260,6 +269,16 @@ class Config(Model):
     def path(self) -> str:
         """The file this configuration was read from."""
         return self._source
+
+    @property
+    def web_port(self) -> int | None:
+        """mitmweb's port under ``run --web``: set by the runner (``with_web_port``), not by the file."""
+        return self._web_port
+
+    def with_web_port(self, port: int | None) -> Config:
+        config = self.model_copy()
+        config._web_port = port
+        return config
 
     @property
     def default_integration(self) -> IntegrationConfig:

@@ -96,7 +96,7 @@ def _networks(value: tuple[str, ...]) -> tuple[str, ...]:
         try:
             ipaddress.ip_network(network, strict=False)
         except ValueError:
-            raise ValueError(f"{network!r} is not an IP network") from None
+            raise ValueError(f"{network!r} is not an IP network (CIDR)") from None
     return value
 
 

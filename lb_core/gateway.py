@@ -387,6 +387,8 @@ class Gateway:
             raise errors.invalid_parameter("meetingID has the form of an internal meeting ID")
         if has_reserved_meta(call):
             raise errors.invalid_parameters()
+        if self.callbacks is not None:
+            await self.callbacks.check_create(call)
         integration = call.integration
         if call.param("record").lower() == "true" and not integration.can_record:
             raise errors.permission_denied_record()

@@ -17,6 +17,7 @@ from lb_core.backend import BackendClient, BackendError
 from lb_core.config import Config
 from lb_core.meetings import MeetingRecord, MeetingRegistry
 from lb_core.pool import MeetingLoad, Pool, Server, Status
+from lb_core.safe_errors import describe, redact
 
 log = logging.getLogger("bbb_lb.monitor")
 
@@ -87,8 +88,8 @@ class Monitor:
             started = time.monotonic()
             try:
                 await self.poll_all()
-            except Exception:
-                log.exception("poll round failed")
+            except Exception as exc:  # no traceback: its text could hold a signed URL
+                log.error("poll round failed: %s: %s", type(exc).__name__, redact(str(exc)))
             delay = max(0.0, self.config.monitor.interval_s - (time.monotonic() - started))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -113,6 +114,9 @@ class Monitor:
         except BackendError as exc:
             self._failed(server, str(exc), unreachable=exc.refused or exc.timeout)
             return
+        except Exception as exc:  # whatever the client raised, its text is not shown as it is
+            self._failed(server, describe(exc), unreachable=False)
+            return
         if reply.status != 200:
             self._failed(server, f"HTTP {reply.status}", unreachable=False)
             return
@@ -120,7 +124,7 @@ class Monitor:
         try:
             root, meetings, bridges = await asyncio.to_thread(read_listing, reply.body)
         except bbbxml.XmlError as exc:
-            self._failed(server, f"unreadable answer: {exc}", unreachable=False)
+            self._failed(server, f"unreadable answer: {redact(str(exc))}", unreachable=False)
             return
         if root is None:
             self._failed(server, f"FAILED {bridges.pop() if bridges else ''}", unreachable=False)

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lb_core.config import BalancerConfig, MonitorConfig, ServerConfig
+from lb_core.safe_errors import redact
 
 
 class Status(IntEnum):
@@ -181,7 +182,7 @@ class Server:
         self.consecutive_successes = 0
         self.consecutive_failures += 1
         self.poll_errors_total += 1
-        self.last_error = error
+        self.last_error = redact(error)  # shown by the admin API and dashboard: no signed URL
         self.last_poll_at = time.time()
         failed_status = Status.UNREACHABLE if unreachable else Status.DOWN
         if self.status in (Status.UNDEFINED, Status.PENDING) or self.consecutive_failures >= monitor.down_after:

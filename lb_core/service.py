@@ -26,6 +26,7 @@ from lb_core.gateway import Gateway
 from lb_core.geo import GeoLocator, fill_geoloc
 from lb_core.meetings import MeetingRegistry
 from lb_core.monitor import Monitor
+from lb_core.outbound import OutboundClient, own_ports
 from lb_core.pool import DisableState, Pool
 from lb_core.query import encode_value
 from lb_core.store import Store, TinyDbStore
@@ -93,7 +94,9 @@ class LoadBalancer:
         self.gateway.set_integrations(self.integrations)
         self.callbacks = Callbacks(self.store, self.backend, self.pool, self.config.public_url,
                                    lambda: self.gateway.integrations if self.gateway else {},
-                                   self.gateway.meeting_ended, self.config.callback_retry_delays_s)
+                                   self.gateway.meeting_ended, self.config.callback_retry_delays_s,
+                                   outbound=OutboundClient(self.config.callbacks, own_ports(self.config),
+                                                           self.config.public_url))
         self.gateway.callbacks = self.callbacks
         await self.callbacks.resume()
         self.monitor = Monitor(self.config, self.pool, self.meetings, self.backend, self.gateway.forget,
@@ -123,6 +126,8 @@ class LoadBalancer:
             self.locator.close()
         if self.monitor is not None:
             await self.monitor.stop()
+        if self.callbacks is not None:
+            await self.callbacks.close()
         if self.backend is not None:
             await self.backend.close()
         await self.store.close()

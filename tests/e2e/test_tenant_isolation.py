@@ -16,7 +16,8 @@ from tests.e2e.test_integrations import receiver as receiver  # noqa: F401 - the
 
 @pytest.fixture
 def lb(lb_factory):  # type: ignore[no-untyped-def]
-    return lb_factory(integrations=INTEGRATIONS, callbacks={"retry_delays_s": [0.2, 0.2, 0.3, 0.5, 1]},
+    return lb_factory(integrations=INTEGRATIONS,
+                      callbacks={"retry_delays_s": [0.2, 0.2, 0.3, 0.5, 1], "allowed_networks": ["127.0.0.0/8"]},
                       monitor={"interval_s": 30, "timeout_s": 1}, cache={"is_meeting_running_s": 30})
 
 
