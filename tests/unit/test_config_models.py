@@ -53,6 +53,11 @@ def test_every_section_is_a_model_and_refuses_unknown_keys():
     ({"callbacks": {"retry_delays_s": []}}, "callbacks.retry_delays_s: must not be empty"),
     ({"callbacks": {"retry_delays_s": [1, -2]}}, "callbacks.retry_delays_s[1]: must be at least 0"),
     ({"events": {"enabled": "yes"}}, "events.enabled: must be true or false"),
+    ({"callbacks": {"max_per_host": 0}}, "callbacks.max_per_host: must be at least 1"),
+    ({"callbacks": {"timeout_s": 0.01}}, "callbacks.timeout_s: must be at least 0.1"),
+    ({"callbacks": {"allowed_networks": ["10.0.0.0/33"]}},
+     "callbacks.allowed_networks: '10.0.0.0/33' is not an IP network (CIDR)"),
+    ({"web_port": 8081}, "web_port: unknown key"),
     ({"servers": [{**SERVER, "weight": 0}]}, "servers[0].weight: must be at least 0.01"),
     ({"servers": [{**SERVER, "max_meetings": 0}]}, "servers[0].max_meetings: must be at least 1"),
     ({"servers": [{**SERVER, "state": "on"}]}, "servers[0].state: must be enabled, disabled or auto"),
@@ -175,3 +180,9 @@ def test_check_config_ok(tmp_path, capsys):
     path.write_text("secret: s\nservers:\n  - {name: a, url: http://a, secret: x}\n")
     assert cli.main(["check-config", "--config", str(path)]) == 0
     assert "OK (1 servers, 1 integrations)" in capsys.readouterr().out
+
+
+def test_web_port_is_set_by_the_runner_not_the_file():
+    c = config.parse(BASE)
+    with_web = c.with_web_port(8081)
+    assert (c.web_port, with_web.web_port, with_web.servers) == (None, 8081, c.servers)
