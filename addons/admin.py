@@ -40,6 +40,8 @@ class AdminListener:
                       exc.strerror or exc)
             return
         self.server = server
+        if self.lb_addon.lb is not None:  # a port bound as 0 is known only now
+            self.lb_addon.lb.note_own_listener(server.port)
 
     async def done(self) -> None:
         if self.server is not None:

@@ -27,7 +27,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     return run_lb(config, web=args.web, web_port=args.web_port, web_password=args.web_password,
                   save_file=args.save, save_max_mb=args.save_max_mb, save_keep=args.save_keep,
-                  mask_passwords=args.mask_passwords)
+                  mask_passwords=args.mask_passwords, ports_file=args.ports_file)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--save-keep", type=_count, default=5, help="rotated files to keep: FILE.1 ... FILE.K (default 5)")
     run.add_argument("--mask-passwords", action="store_true",
                      help="replace meeting passwords with *** in the saved flows")
+    run.add_argument("--ports-file", default="",
+                     help='once listening, write the bound ports here as JSON: {"listen": N, "admin": N or null}'
+                          " (for listen.port / admin.port 0)")
     run.set_defaults(handler=cmd_run)
 
     check = commands.add_parser("check-config", help="validate the configuration and exit")

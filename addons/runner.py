@@ -12,9 +12,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mitmproxy import master, options
+from mitmproxy import ctx, master, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 
+from addons.admin import AdminListener
 from addons.bbb_lb import make_addons
 from addons.lb import BbbLoadBalancer
 from lb_core import logs
@@ -48,6 +49,47 @@ def start_simulators(config: Config) -> subprocess.Popen[str] | None:
     return process
 
 
+class AdoptBoundPort:
+    """With ``listen.port: 0`` the proxy binds a free port: the LB takes it as its own before it starts.
+
+    Runs before the load balancer's addon, once the proxy listens, so that the default ``public_url``
+    (the address BBB servers call back) carries the real port, not 0.
+    """
+
+    def __init__(self, lb: BbbLoadBalancer) -> None:
+        self.lb = lb
+        self.port = 0
+
+    def running(self) -> None:
+        config = self.lb.config
+        proxy = ctx.master.addons.get("proxyserver")
+        ports = [addr[1] for addr in proxy.listen_addrs()] if proxy is not None else []
+        if config is None or not ports:
+            return
+        self.port = ports[0]
+        if config.listen_port == 0:
+            self.lb.config = config.with_listen_port(self.port)
+        logging.getLogger("bbb_lb").info("bbb-lb listening on http://%s:%d%s", config.listen_host, self.port,
+                                         "/bigbluebutton/api")
+
+
+class PortsFile:
+    """Writes the bound ports as JSON once every listener is up: how a test or script finds port 0's choice."""
+
+    def __init__(self, path: str, adopt: AdoptBoundPort, admin: AdminListener | None) -> None:
+        self.path = path
+        self.adopt = adopt
+        self.admin = admin
+
+    def running(self) -> None:
+        server = self.admin.server if self.admin is not None else None
+        ports = {"listen": self.adopt.port, "admin": server.port if server is not None else None}
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(ports, handle)
+        os.replace(tmp, self.path)  # readers never see half a file
+
+
 def build_options(config: Config) -> options.Options:
     return options.Options(
         mode=["reverse:http://127.0.0.1:9"],  # never contacted: every flow is answered by the addon
@@ -58,13 +100,16 @@ def build_options(config: Config) -> options.Options:
 
 async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_password: str = "",
                 save_file: str = "", save_max_mb: float = 100.0, save_keep: int = 5, mask_passwords: bool = False,
-                extra_addons: list[object] | None = None) -> None:
+                extra_addons: list[object] | None = None, ports_file: str = "") -> None:
     if web:  # callbacks must never reach mitmweb's port either
         config = config.with_web_port(web_port)
     opts = build_options(config)
     chain = make_addons(inspect=web or bool(save_file)) + list(extra_addons or [])
     lb = chain[0]
     assert isinstance(lb, BbbLoadBalancer)
+    adopt = AdoptBoundPort(lb)
+    admin = next((a for a in chain if isinstance(a, AdminListener)), None)
+    chain = [adopt, *chain] + ([PortsFile(ports_file, adopt, admin)] if ports_file else [])
     if web:
         from mitmproxy.tools.web.master import WebMaster
 

@@ -276,8 +276,23 @@ class Config(Model):
         return self._web_port
 
     def with_web_port(self, port: int | None) -> Config:
-        config = self.model_copy()
+        config = self._changed({})
         config._web_port = port
+        return config
+
+    def with_listen_port(self, port: int) -> Config:
+        """The config once ``listen.port: 0`` is bound: a ``public_url`` left to its default carries the port."""
+        update: dict[str, Any] = {"listen": self.listen.model_copy(update={"port": port})}
+        if self.public_url == f"http://{self.listen.host}:{self.listen.port}":
+            update["public_url"] = f"http://{self.listen.host}:{port}"
+        return self._changed(update)
+
+    def _changed(self, update: dict[str, Any]) -> Config:
+        """A copy with some fields replaced (already valid values), its cached flat names recomputed."""
+        config = self.model_copy(update=update)
+        for name, attribute in type(self).__dict__.items():
+            if isinstance(attribute, cached_property):
+                config.__dict__.pop(name, None)
         return config
 
     @property

@@ -133,6 +133,11 @@ class LoadBalancer:
         await self.store.close()
         log.info("bbb-lb stopped")
 
+    def note_own_listener(self, port: int) -> None:
+        """A listener of this LB bound late (port 0): callbacks must never be sent to it either."""
+        if self.callbacks is not None:
+            self.callbacks.outbound.policy.own_ports.add(port)
+
     def status(self) -> dict[str, Any]:
         return {"instance": self.instance_id, "meetings": len(self.meetings), "events": len(self.events)}
 

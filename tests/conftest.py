@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -26,7 +28,29 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
 
+CHROMIUM = next((path for name in ("chromium", "chromium-browser", "google-chrome")
+                 if (path := shutil.which(name))), None)
+
+
+def require_chromium() -> str:
+    """The Chromium binary. Without one a browser test is skipped, but fails where ``CI`` is set:
+    a CI run that silently skipped the browser would report green for a page nobody loaded."""
+    if CHROMIUM is None:
+        message = "no chromium binary (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI is set, so the browser tests must run", pytrace=False)
+        pytest.skip(message)
+    return CHROMIUM
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("browser") is not None:
+        require_chromium()
+
+
 def free_port() -> int:
+    """A port nobody listens on (for "connection refused" checks). Never hand it to a child to bind:
+    another process can take it in between. Children bind port 0 and report what they got."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -105,9 +129,8 @@ class Simulator:
 
 
 def start_simulator(count: int) -> Simulator:
-    ports = [free_port() for _ in range(count)]
-    return start_simulator_for([{"name": f"bbb{i + 1}", "url": f"http://127.0.0.1:{port}/bigbluebutton/",
-                                 "secret": f"secret-{i + 1}"} for i, port in enumerate(ports)])
+    return start_simulator_for([{"name": f"bbb{i + 1}", "url": "http://127.0.0.1:0/bigbluebutton/",
+                                 "secret": f"secret-{i + 1}"} for i in range(count)])
 
 
 @pytest.fixture(scope="session")
@@ -129,6 +152,7 @@ class LB:
     secret: str = "lb-secret"
     extra: dict[str, Any] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)  # appended to the ``run`` command line
+    bound: dict[str, int] = field(default_factory=dict)  # the ports the process bound: listen, admin
 
     @property
     def port(self) -> int:
@@ -143,23 +167,38 @@ class LB:
         return self.url + "/bigbluebutton/api/"
 
     def start(self) -> LB:
+        """Start ``bbb-lb run``; it binds its own ports (0 the first time) and reports them in a file.
+
+        Whatever ports the config named are replaced: the first start binds free ports, a restart
+        binds the ports of the previous start again (callbacks handed to BBB servers point there).
+        """
+        listen = self.config.setdefault("listen", {})
+        listen["port"] = self.bound.get("listen", 0)
+        if isinstance(self.config.get("admin"), dict) and "port" in self.config["admin"]:
+            self.config["admin"]["port"] = self.bound.get("admin", 0)
         self.config_path.write_text(yaml.safe_dump(self.config))
+        ports_path = self.config_path.with_name(self.config_path.stem + ".ports.json")
+        ports_path.unlink(missing_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the process owns it
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "addons.cli", "run", "--config", str(self.config_path), *self.extra_args],
+            [sys.executable, "-m", "addons.cli", "run", "--config", str(self.config_path),
+             "--ports-file", str(ports_path), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
 
-        def up() -> bool:
+        def reported() -> dict[str, Any] | None:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise AssertionError(f"bbb-lb exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                return http(self.api.rstrip("/"), timeout=1).status == 200
-            except OSError:
-                return False
+            return json.loads(ports_path.read_text()) if ports_path.exists() else None
 
-        wait_for(up, 20, what="bbb-lb to answer")
+        ports = wait_for(reported, 30, what="bbb-lb to report its ports")
+        self.bound = {name: port for name, port in ports.items() if port}
+        listen["port"] = self.bound["listen"]
+        if "admin" in self.bound:
+            self.config["admin"]["port"] = self.bound["admin"]
+        self.config_path.write_text(yaml.safe_dump(self.config))  # the CLI reads the admin port from here
+        assert http(self.api.rstrip("/"), timeout=5).status == 200
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
@@ -188,7 +227,7 @@ class LB:
 def make_lb(tmp_path: Path, sim: Simulator, servers: list[int] | None = None, **overrides: Any) -> LB:
     chosen = sim.servers if servers is None else [sim.servers[i] for i in servers]
     config: dict[str, Any] = {
-        "listen": {"host": "127.0.0.1", "port": free_port()},
+        "listen": {"host": "127.0.0.1", "port": 0},  # the process binds a free port and reports it
         "secret": "lb-secret",
         "servers": [dict(s) for s in chosen],
         "store": {"path": str(tmp_path / "lb.json")},
@@ -220,15 +259,19 @@ def lb(lb_factory) -> LB:  # type: ignore[no-untyped-def]
 
 
 def start_simulator_for(servers: list[dict[str, Any]]) -> Simulator:
-    """A simulator for the given server specs ({"name", "url", "secret"}; any 127.x.y.z host on Linux)."""
-    control_port = free_port()
-    spec = REPO / "data" / f"sim-{control_port}.json"
-    spec.parent.mkdir(exist_ok=True)
+    """A simulator process for the given server specs ({"name", "url", "secret"}; any 127.x.y.z host on Linux).
+
+    Port 0 in a URL, and for the control API, binds a free port; the URLs handed back carry the real ones.
+    """
+    spec = Path(tempfile.mkstemp(prefix="bbbsim-", suffix=".json")[1])
     spec.write_text(json.dumps(servers))
     process = subprocess.Popen([sys.executable, str(REPO / "scripts" / "bbbsim.py"), "--spec", str(spec),
-                                "--control-port", str(control_port)], stdout=subprocess.PIPE, text=True)
+                                "--control-port", "0"], stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     line = process.stdout.readline()
     spec.unlink()
     assert "ready" in line, f"simulator did not start: {line!r}"
-    return Simulator(f"http://127.0.0.1:{control_port}", servers, process)
+    simulator = Simulator(line.split()[-1], servers, process)
+    bound = {s["name"]: s["url"] for s in simulator.control("/servers")}
+    simulator.servers = [{**s, "url": bound[s["name"]]} for s in servers]
+    return simulator

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import lxml.html
 import pytest
 
-from tests.conftest import LB, free_port, http, wait_for
+from tests.conftest import LB, free_port, http, require_chromium, wait_for
 from tests.e2e.test_admin import TOKEN, admin_url, api_json, create, wait_admin
 
-CHROMIUM = next((path for name in ("chromium", "chromium-browser", "google-chrome")
-                 if (path := shutil.which(name))), None)
 SCREENSHOT = Path("/tmp/bbb-lb-dashboard.png")
 
 pytestmark = pytest.mark.browser
@@ -21,10 +18,8 @@ pytestmark = pytest.mark.browser
 
 def chromium(profile: Path, url: str, *extra: str) -> str:
     """Load ``url``, let its scripts run for a few (virtual) seconds, and answer the DOM or nothing."""
-    if CHROMIUM is None:
-        pytest.skip("no chromium binary (apt-get install chromium)")
     done = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        [require_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--virtual-time-budget=5000", *extra, url],
         capture_output=True, text=True, timeout=60,
@@ -45,7 +40,6 @@ def server_rows(dom: str) -> dict[str, dict[str, str]]:
     return rows
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)")
 def test_dashboard_shows_servers_and_follows_a_failure(lb_factory, sim, tmp_path):
     lb: LB = wait_admin(lb_factory(servers=[0, 1, 2],
                                    admin={"host": "127.0.0.1", "port": free_port(), "token": TOKEN}))
