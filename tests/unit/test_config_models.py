@@ -186,3 +186,12 @@ def test_web_port_is_set_by_the_runner_not_the_file():
     c = config.parse(BASE)
     with_web = c.with_web_port(8081)
     assert (c.web_port, with_web.web_port, with_web.servers) == (None, 8081, c.servers)
+
+
+def test_bound_listen_port_carries_into_a_default_public_url():
+    c = config.parse({**BASE, "listen": {"port": 0}})
+    assert (c.listen_port, c.max_body_bytes) == (0, 64 * 1024 * 1024)  # flat names cached before the copy
+    bound = c.with_listen_port(4242)
+    assert (bound.listen_port, bound.public_url, c.listen_port) == (4242, "http://127.0.0.1:4242", 0)
+    fixed = config.parse({**BASE, "listen": {"port": 0}, "public_url": "https://lb.example.org/"})
+    assert fixed.with_listen_port(4242).public_url == "https://lb.example.org"
