@@ -9,6 +9,7 @@ from addons.admin import AdminListener
 from addons.annotate import Annotate
 from addons.capture import Capture
 from addons.lb import BbbLoadBalancer
+from addons.limits import ConnectionLimits
 
 
 def make_addons(*, inspect: bool = True) -> list[object]:
@@ -18,7 +19,8 @@ def make_addons(*, inspect: bool = True) -> list[object]:
     offered every event of every flow, so a lean ``bbb-lb run`` carries none it does not use.
     """
     lb = BbbLoadBalancer()
-    chain: list[object] = [lb, AdminListener(lb)]
+    limits = ConnectionLimits(lambda: lb.config.limits if lb.config is not None else None)
+    chain: list[object] = [lb, limits, AdminListener(lb)]
     if inspect:
         chain += [Annotate(lb), Capture()]
     return chain

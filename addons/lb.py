@@ -11,9 +11,12 @@ import time
 
 from mitmproxy import ctx, exceptions, http
 
+from addons.limits import BODY_LIMIT, answer_and_close
 from lb_core import config as lb_config
-from lb_core.api import Answer, Request
-from lb_core.errors import request_too_large
+from lb_core import errors
+from lb_core.api import API_PREFIX, Answer, Request
+from lb_core.config import UPLOAD_CALLS
+from lb_core.errors import ApiError, request_too_large
 from lb_core.service import LoadBalancer
 
 log = logging.getLogger("bbb_lb.api")
@@ -56,11 +59,48 @@ class BbbLoadBalancer:
         return self.lb
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response or not flow.live or self.config is None:
+        """Refuse what is too large from the head alone, before a byte of the body is read."""
+        if flow.response or not flow.live or self.config is None or flow.request.method == "CONNECT":
             return
-        length = flow.request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.config.max_body_bytes:
-            self.answer(flow, Answer.error(request_too_large()), 0.0)
+        limits = self.config.limits
+        path, _, raw_query = flow.request.path.partition("?")
+        call = path[len(API_PREFIX) + 1:].removesuffix(".xml") if path.startswith(API_PREFIX + "/") else ""
+        headers = flow.request.headers
+        error: ApiError | None = None
+        if len(raw_query) > limits.max_query_bytes:
+            error = request_too_large()
+        elif "transfer-encoding" not in headers:  # a chunked body is measured as it streams in
+            length = headers.get("content-length", "").strip()
+            if length.isdigit() and int(length) > limits.body_limit(call):
+                error = request_too_large()
+        if error is None and call in UPLOAD_CALLS and not _small_body(headers, limits.max_body_bytes):
+            error = self._unsigned_upload(flow, call, raw_query)
+        if error is not None:
+            answer = Answer.error(error, call=call[:64])
+            response = http.Response.make(answer.status, answer.body, answer.headers)
+            if answer_and_close(flow, response):
+                self.log_answer(flow, answer, 0.0)
+            else:
+                self.answer(flow, answer, 0.0)
+            return
+        # Checked again as the body streams in: a chunked body has no length to judge by here.
+        flow.metadata[BODY_LIMIT] = limits.body_limit(call)
+
+    def _unsigned_upload(self, flow: http.HTTPFlow, call: str, raw_query: str) -> ApiError | None:
+        """A large upload is read only for a caller whose query checksum verifies: checked from the head alone.
+
+        Bodies up to ``limits.max_body_bytes`` may still carry the checksum themselves (form POSTs);
+        past that, an anonymous client could make the LB read and hold megabytes before being refused.
+        """
+        if self.lb is None or self.lb.gateway is None:
+            return None
+        request = Request(method=flow.request.method, path=API_PREFIX + "/" + call, raw_query=raw_query,
+                          headers=flow.request.headers, body=b"", client_ip="")
+        try:
+            self.lb.gateway.verify(call, request)
+        except ApiError as error:
+            return error
+        return None
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
@@ -68,7 +108,11 @@ class BbbLoadBalancer:
         started = time.perf_counter()
         lb = await self.ensure_started()
         assert lb.gateway is not None
-        path, _, raw_query = flow.request.path.partition("?")
+        try:
+            path, _, raw_query = flow.request.data.path.decode("utf-8").partition("?")
+        except UnicodeDecodeError:  # raw bytes that are not UTF-8: nothing to route or verify
+            self.answer(flow, Answer.error(errors.invalid_parameter("the URL is not valid UTF-8")), started)
+            return
         request = Request(
             method=flow.request.method,
             path=path,
@@ -82,6 +126,9 @@ class BbbLoadBalancer:
 
     def answer(self, flow: http.HTTPFlow, answer: Answer, started: float) -> None:
         flow.response = http.Response.make(answer.status, answer.body, answer.headers)
+        self.log_answer(flow, answer, started)
+
+    def log_answer(self, flow: http.HTTPFlow, answer: Answer, started: float) -> None:
         flow.metadata["bbb_local"] = True
         elapsed_ms = (time.perf_counter() - started) * 1000 if started else 0.0
         log.info("call=%s integration=%s meetingID=%s server=%s route=%s result=%s status=%d ms=%.1f",
@@ -94,6 +141,11 @@ class BbbLoadBalancer:
         if self.lb is not None:
             await self.lb.stop()
             self.lb = None
+
+
+def _small_body(headers: http.Headers, limit: int) -> bool:
+    length = headers.get("content-length", "").strip()
+    return "transfer-encoding" not in headers and (not length or (length.isdigit() and int(length) <= limit))
 
 
 def _quote(value: str) -> str:

@@ -18,6 +18,7 @@ from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfi
 from addons.admin import AdminListener
 from addons.bbb_lb import make_addons
 from addons.lb import BbbLoadBalancer
+from addons.limits import install_body_guard
 from lb_core import logs
 from lb_core.config import Config
 
@@ -125,7 +126,11 @@ async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_
         m.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
                      errorcheck.ErrorCheck(repeat_errors_on_stderr=True), *chain)
     lb.config = config
-    opts.update(connection_strategy="lazy", body_size_limit=str(2 * config.max_body_bytes))  # hard backstop; the addon answers XML below it
+    # Bodies are measured per call as they stream in (addons.limits); mitmproxy's one global limit is only
+    # the fallback should that guard not fit this mitmproxy version. HTTP/2 is off: the BBB API is HTTP/1.1
+    # and only the HTTP/1 protocol-error answers are ours.
+    body_size_limit = None if install_body_guard() else str(config.limits.max_upload_bytes)
+    opts.update(connection_strategy="lazy", body_size_limit=body_size_limit, http2=False)
     if save_file:  # addons.capture.Capture (in the chain) writes it, off the event loop and rotated
         opts.update(bbb_save_file=save_file, bbb_save_max_mb=str(save_max_mb), bbb_save_keep=save_keep,
                     bbb_mask_passwords=mask_passwords)

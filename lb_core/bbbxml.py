@@ -16,7 +16,7 @@ CONTENT_TYPE = "text/xml;charset=utf-8"
 XML_HEADERS = {"Content-Type": CONTENT_TYPE, "Cache-Control": "no-cache"}
 
 # Characters XML 1.0 cannot carry at all; an echoed value must never make the answer invalid.
-_INVALID_XML_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_INVALID_XML_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 
 

@@ -24,40 +24,72 @@ ALGORITHM_BY_HEX_LENGTH = {40: "sha1", 64: "sha256", 96: "sha384", 128: "sha512"
 DEFAULT_BACKEND_ALGORITHM = "sha256"
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_BYTES = re.compile(rb"[\x00-\x1f\x7f]")
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 
 T = TypeVar("T")
 
 
-def sanitize(text: str) -> str:
+Text = TypeVar("Text", str, bytes)
+
+
+def sanitize(text: Text) -> Text:
     """Strip control characters, as bbb-web's ParamsUtil.sanitizeString does before hashing."""
+    if isinstance(text, bytes):
+        return _CONTROL_BYTES.sub(b"", text)
     return _CONTROL_CHARS.sub("", text)
 
 
-def checksum_param(raw_query: str) -> str | None:
-    """The raw value of the first ``checksum`` parameter, or None when there is none."""
-    for part in raw_query.split("&"):
-        if part.startswith("checksum="):
-            return part[len("checksum="):]
-    return None
+def checksum_param(raw_query: str | bytes) -> str | None:
+    """The raw value of the first ``checksum`` parameter, or None when there is none.
+
+    Found with plain searches (no split of the whole text), so a large form body costs one scan; a
+    value that is not ASCII comes back with its bytes as latin-1 characters (it can never verify).
+    """
+    raw = raw_query if isinstance(raw_query, bytes) else _utf8(raw_query)
+    if raw.startswith(b"checksum="):
+        start = len(b"checksum=")
+    else:
+        found = raw.find(b"&checksum=")
+        if found < 0:
+            return None
+        start = found + len(b"&checksum=")
+    end = raw.find(b"&", start)
+    return raw[start:end if end >= 0 else len(raw)].decode("latin-1")
 
 
-def strip_checksum(raw_query: str, checksum: str) -> str:
-    """Remove the checksum by plain text replacement, in bbb-web's order."""
+def strip_checksum(raw_query: Text, checksum: str) -> Text:
+    """Remove the checksum by plain text replacement, in bbb-web's order (text or raw bytes alike)."""
     query = sanitize(raw_query)
+    if isinstance(query, bytes):
+        mark = sanitize(checksum.encode("latin-1", "replace"))
+        query = query.replace(b"&checksum=" + mark, b"")
+        query = query.replace(b"checksum=" + mark + b"&", b"")
+        return query.replace(b"checksum=" + mark, b"")
     checksum = sanitize(checksum)
     query = query.replace("&checksum=" + checksum, "")
     query = query.replace("checksum=" + checksum + "&", "")
     return query.replace("checksum=" + checksum, "")
 
 
-def compute(call: str, query: str, secret: str, algorithm: str = DEFAULT_BACKEND_ALGORITHM) -> str:
-    """Lowercase hex digest of ``call + query + secret``."""
+def _utf8(text: str) -> bytes:
+    """UTF-8 bytes; characters that stand for undecodable raw bytes (surrogate escapes) give those bytes back."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate no decoder made: hashed as is, it can only mismatch
+        return text.encode("utf-8", "surrogatepass")
+
+
+def compute(call: str, query: str | bytes, secret: str, algorithm: str = DEFAULT_BACKEND_ALGORITHM) -> str:
+    """Lowercase hex digest of ``call + query + secret``; a bytes query is hashed as sent, never decoded."""
     try:
         hash_function = ALGORITHMS[algorithm]
     except KeyError:
         raise ValueError(f"unknown checksum algorithm {algorithm!r}") from None
-    return hash_function((call + query + secret).encode("utf-8")).hexdigest()
+    digest = hash_function(_utf8(call))
+    digest.update(query if isinstance(query, bytes) else _utf8(query))
+    digest.update(_utf8(secret))
+    return digest.hexdigest()
 
 
 def algorithm_for(checksum: str) -> str | None:
@@ -69,7 +101,7 @@ def algorithm_for(checksum: str) -> str | None:
 
 def matching_owner(
     call: str,
-    query: str,
+    query: str | bytes,
     checksum: str,
     candidates: Iterable[tuple[str, T]],
     allowed: Sequence[str] = tuple(ALGORITHMS),

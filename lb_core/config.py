@@ -174,6 +174,27 @@ class AdminConfig(Model):
         return self
 
 
+UPLOAD_CALLS = frozenset({"create", "insertDocument", "putRecordingTextTrack"})
+
+
+class LimitsConfig(Model):
+    """What an anonymous client may cost the LB before its checksum is checked."""
+
+    max_body_bytes: Count(1024) = 64 * 1024  # form bodies of calls that are not uploads
+    # create, insertDocument, putRecordingTextTrack; when the file does not say, backend.max_body_bytes
+    max_upload_bytes: Count(1024) = 64 * 1024 * 1024
+    max_query_bytes: Count(1024) = 64 * 1024
+    max_params: Count(16) = 1000
+    request_head_timeout_s: Seconds(0.1) = 10.0
+    request_body_timeout_s: Seconds(0.1) = 60.0
+    idle_timeout_s: Seconds(0.1) = 60.0
+    max_connections: Count(1) = 1000
+
+    def body_limit(self, call: str) -> int:
+        """The largest body ``call`` may carry: uploads get the large limit, every other call the small one."""
+        return self.max_upload_bytes if call in UPLOAD_CALLS else self.max_body_bytes
+
+
 class CallbacksConfig(Model):
     """Calls to integrations' callback URLs: retries, their own pool and the networks they may reach."""
 
@@ -211,6 +232,7 @@ class Config(Model):
     balancer: BalancerConfig = BalancerConfig()
     geo: GeoConfig = GeoConfig()
     admin: AdminConfig = AdminConfig()
+    limits: LimitsConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     callbacks: CallbacksConfig = CallbacksConfig()
     events: EventsConfig = EventsConfig()
     cache: CacheConfig = CacheConfig()
@@ -254,6 +276,16 @@ class Config(Model):
                 if owners.setdefault(secret, integration.name) != integration.name:
                     raise ValueError(f"integrations {owners[secret]!r} and {integration.name!r} share a secret")
         return (default, *value)
+
+    @field_validator("limits")
+    @classmethod
+    def _upload_limit(cls, value: LimitsConfig, info: ValidationInfo) -> LimitsConfig:
+        backend = info.data.get("backend")
+        if "max_upload_bytes" not in value.model_fields_set and backend is not None:
+            value = value.model_copy(update={"max_upload_bytes": backend.max_body_bytes})
+        if value.max_body_bytes > value.max_upload_bytes:
+            raise KeyProblem("max_body_bytes", "must not exceed max_upload_bytes")
+        return value
 
     @field_validator("servers")
     @classmethod

@@ -17,11 +17,10 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
-from urllib.parse import urlsplit
 
 from lxml import etree
 
-from lb_core import __version__, bbbxml, checksum, errors
+from lb_core import __version__, bbbxml, checksum, configxml, errors
 from lb_core.api import (
     ALLOWED_CONTENT_TYPES,
     API_PREFIX,
@@ -236,48 +235,72 @@ class Gateway:
         return answer
 
     def verify(self, name: str, request: Request) -> Call:
-        """Check the checksum as bbb-web does and find the integration that signed the call."""
+        """Check the checksum as bbb-web does and find the integration that signed the call.
+
+        Everything here runs for anonymous callers, so it is bounded before it is done: sizes and
+        parameter counts are checked first, the checksum is verified over the raw bytes as sent, and
+        the body is decoded only once a secret has matched.
+        """
+        limits = self.config.limits
         content_type = request.content_type
         body: bytes | None = request.body or None
+        raw_query = request.raw_query
+        if len(raw_query) > limits.max_query_bytes:
+            raise errors.request_too_large()
         if body is not None:
+            if len(body) > limits.body_limit(name):
+                raise errors.request_too_large()
             allowed = ALLOWED_CONTENT_TYPES.get(name, DEFAULT_CONTENT_TYPES)
             if name == "setConfigXML":
                 allowed = {FORM}
             if content_type not in allowed:
                 raise errors.unsupported_content_type()
-        raw_query = request.raw_query
-        form_text = ""
-        if body is not None and content_type == FORM:
-            try:
-                form_text = body.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ApiError("invalidParameters", "The request body is not valid UTF-8.") from None
+        form = body if body is not None and content_type == FORM else b""
+        if raw_query.count("&") + form.count(b"&") + 2 > limits.max_params:
+            raise errors.invalid_parameter(f"more than {limits.max_params} parameters")
         supplied = checksum.checksum_param(raw_query)
-        if supplied is None and form_text:
-            supplied = checksum.checksum_param(form_text)
+        if supplied is None and form:
+            supplied = checksum.checksum_param(form)
         if not supplied:
             raise errors.checksum_missing()
         signed = checksum.strip_checksum(raw_query, supplied)
-        options = [signed]
-        if not signed and form_text:
-            # Older servers verified form POSTs over the body: as sent, or re-encoded sorted.
-            stripped_body = checksum.strip_checksum(form_text, supplied)
-            options = [stripped_body, checksum.legacy_params_query(RawQuery.parse(stripped_body).pairs())]
-        for query_text in options:
-            owner = checksum.matching_owner(name, query_text, supplied, self._secrets,
-                                            self.config.checksum_algorithms)
-            if owner is not None:
-                break
+        owner = None
+        legacy = ""
+        body_signed = not signed and bool(form)
+        if not body_signed:
+            owner = checksum.matching_owner(name, signed, supplied, self._secrets, self.config.checksum_algorithms)
         else:
+            # Older servers verified form POSTs over the body: as sent, or re-encoded sorted.
+            stripped_body = checksum.strip_checksum(form, supplied)
+            owner = checksum.matching_owner(name, stripped_body, supplied, self._secrets,
+                                            self.config.checksum_algorithms)
+            if owner is None and checksum.algorithm_for(supplied) is not None:
+                # Re-encoding needs the decoded pairs: bounded by the body limit and the parameter count.
+                legacy = checksum.legacy_params_query(
+                    RawQuery.parse(stripped_body.decode("utf-8", "replace")).pairs())
+                owner = checksum.matching_owner(name, legacy, supplied, self._secrets,
+                                                self.config.checksum_algorithms)
+                if owner is None:
+                    legacy = ""
+        if owner is None:
             raise errors.checksum_mismatch()
-        query = RawQuery.parse(query_text)
-        pairs = query.pairs()
+        form_text = ""
+        if form:
+            try:
+                form_text = form.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ApiError("invalidParameters", "The request body is not valid UTF-8.") from None
         forward_body = body
-        if form_text:
-            if query_text == signed:
+        if body_signed:
+            query_text = legacy or checksum.strip_checksum(form_text, supplied)
+            forward_body = None  # the body itself was signed: it travels as the query
+            query = RawQuery.parse(query_text)
+            pairs = query.pairs()
+        else:
+            query = RawQuery.parse(signed)
+            pairs = query.pairs()
+            if form_text:
                 pairs += [p for p in RawQuery.parse(form_text).pairs() if p[0] != "checksum"]
-            else:
-                forward_body = None  # the body itself was signed: it travels as the query
         forwarded_for = request.headers.get("x-forwarded-for", "")
         return Call(name, request.method, query, pairs, forward_body, content_type, owner, request.client_ip,
                     forwarded_for, request.headers.get("content-type", ""))
@@ -953,7 +976,8 @@ class Gateway:
             raise errors.backend_error() from None
         if root.tag == "response":
             return self.relay(reply, info, call)[0]
-        text = rewrite_urls(reply.body.decode("utf-8", "replace"), server.base_url, self.config.public_url)
+        text = await configxml.rewrite_urls_off_loop(reply.body.decode("utf-8", "replace"), server.base_url,
+                                                    self.config.public_url)
         info.result = "SUCCESS"
         return _with_info(Answer(200, text.encode(), dict(bbbxml.XML_HEADERS)), info)
 
@@ -967,7 +991,7 @@ class Gateway:
             bbbxml.parse(config_xml.encode())
         except bbbxml.XmlError:
             raise ApiError("configXMLError", "The config XML is not valid XML.") from None
-        rewritten = rewrite_urls(config_xml, self.config.public_url, server.base_url)
+        rewritten = await configxml.rewrite_urls_off_loop(config_xml, self.config.public_url, server.base_url)
         pairs = [(k, rewritten if k == "configXML" else v) for k, v in call.pairs if k != "checksum"]
         body_query = checksum.legacy_params_query(pairs)
         signed = checksum.sign(call.name, body_query, server.config.secret, server.config.checksum)
@@ -1007,30 +1031,6 @@ class Listing:
 
 GEOLOC_FIELDS = ("address", "ip", "countryCode", "countryCode3", "countryName", "city", "latitude", "longitude",
                  "continentCode")
-
-
-def rewrite_urls(text: str, from_base: str, to_base: str) -> str:
-    """Point every address of one origin at another (config.xml between a server and the LB).
-
-    config.xml names a server as ``http(s)://host[:port]``, ``rtmp://host``, a bare ``host:port`` or a
-    bare ``host`` attribute value; each form is mapped, so the LB's rewrite can be undone exactly.
-    """
-    source, target = urlsplit(from_base), urlsplit(to_base)
-    host, netloc = source.hostname or "", source.netloc
-    to_host = target.hostname or ""
-    end = r"(?=[/\"'<\s?#]|$)"
-
-    def swap(match: re.Match[str]) -> str:
-        scheme = match.group(1)
-        if scheme.lower() in ("http://", "https://"):
-            return f"{target.scheme}://{target.netloc}"
-        return f"{scheme}{to_host}"
-
-    text = re.sub(r"(\b[a-z][a-z0-9+.-]*://)" + re.escape(netloc) + end, swap, text, flags=re.I)
-    if netloc != host:
-        text = re.sub(r"(\b[a-z][a-z0-9+.-]*://)" + re.escape(host) + r"(?=[/\"'<\s?#]|$)", swap, text, flags=re.I)
-        text = re.sub(r"(?<![\w.:/-])" + re.escape(netloc) + r"(?![\w.:-])", target.netloc, text)
-    return re.sub(r'="' + re.escape(host) + '"', f'="{to_host}"', text)
 
 
 def _scores(placement: Placement) -> str:

@@ -14,8 +14,16 @@ def _decode(text: str) -> str:
 
 
 def encode_value(value: str) -> str:
-    """Encode a value the LB adds itself (RFC 3986 unreserved left as is)."""
-    return quote(value, safe="-_.~")
+    """Encode a value the LB adds itself (RFC 3986 unreserved left as is).
+
+    A character standing for an undecodable raw byte (a surrogate escape) is sent as that byte;
+    any other lone surrogate, which no decoder produces, as U+FFFD: encoding never raises.
+    """
+    try:
+        data = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        data = value.encode("utf-8", "replace")
+    return quote(data, safe="-_.~")
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,9 @@ def test_every_section_is_a_model_and_refuses_unknown_keys():
     ({"callbacks": {"allowed_networks": ["10.0.0.0/33"]}},
      "callbacks.allowed_networks: '10.0.0.0/33' is not an IP network (CIDR)"),
     ({"web_port": 8081}, "web_port: unknown key"),
+    ({"limits": {"max_params": 3}}, "limits.max_params: must be at least 16"),
+    ({"limits": {"idle_timeout_s": 0}}, "limits.idle_timeout_s: must be at least 0.1"),
+    ({"limits": {"max_upload_bytes": 2048}}, "limits.max_body_bytes: must not exceed max_upload_bytes"),
     ({"servers": [{**SERVER, "weight": 0}]}, "servers[0].weight: must be at least 0.01"),
     ({"servers": [{**SERVER, "max_meetings": 0}]}, "servers[0].max_meetings: must be at least 1"),
     ({"servers": [{**SERVER, "state": "on"}]}, "servers[0].state: must be enabled, disabled or auto"),
@@ -116,9 +119,9 @@ def test_secrets_stay_out_of_repr():
 def test_flat_names_and_relative_paths(tmp_path):
     (tmp_path / "geo.mmdb").write_bytes(b"")
     c = config.parse({**BASE, "store": {"path": "state/lb.json"}, "geo": {"database": "geo.mmdb"},
-                      "backend": {"max_body_bytes": 2048}, "events": {"enabled": False}}, "my.yaml", tmp_path)
+                      "backend": {"max_body_bytes": 1048576}, "events": {"enabled": False}}, "my.yaml", tmp_path)
     assert c.store_path == str(tmp_path / "state" / "lb.json") and c.geo.database == str(tmp_path / "geo.mmdb")
-    assert (c.max_body_bytes, c.record_events, c.public_url) == (2048, False, "http://127.0.0.1:8090")
+    assert (c.max_body_bytes, c.record_events, c.public_url) == (1048576, False, "http://127.0.0.1:8090")
     assert c.path == "my.yaml" and c.servers[0].disable_state == 3 and c.servers[0].api_url.endswith("/api/")
     with pytest.raises(Exception, match="frozen"):
         c.servers[0].weight = 2  # type: ignore[misc]
@@ -195,3 +198,10 @@ def test_bound_listen_port_carries_into_a_default_public_url():
     assert (bound.listen_port, bound.public_url, c.listen_port) == (4242, "http://127.0.0.1:4242", 0)
     fixed = config.parse({**BASE, "listen": {"port": 0}, "public_url": "https://lb.example.org/"})
     assert fixed.with_listen_port(4242).public_url == "https://lb.example.org"
+
+
+def test_upload_limit_defaults_to_the_backend_body_limit():
+    c = config.parse({**BASE, "backend": {"max_body_bytes": 1048576}})
+    assert (c.limits.body_limit("create"), c.limits.body_limit("join")) == (1048576, 64 * 1024)
+    c = config.parse({**BASE, "backend": {"max_body_bytes": 1048576}, "limits": {"max_upload_bytes": 100_000}})
+    assert c.limits.body_limit("insertDocument") == 100_000
