@@ -39,7 +39,6 @@ from pydantic import (
 )
 
 from lb_core.checksum import ALGORITHMS
-from lb_core.rules import EMPTY, Rule, RuleError, RuleSet, parse_rules
 from lb_core.config_types import (
     AtKey,
     Checksum,
@@ -64,6 +63,7 @@ from lb_core.config_types import (
     resolve_env,
     validate,
 )
+from lb_core.rules import EMPTY, Rule, RuleError, RuleSet, parse_rules
 
 __all__ = ["ConfigError", "KeyProblem", "Model", "Flag", "parse_request", "validate", "normalise_server_url",
            "DISABLE_STATES", "Config", "ServerConfig", "IntegrationConfig", "load", "parse"]

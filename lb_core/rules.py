@@ -23,12 +23,16 @@ from __future__ import annotations
 import re
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from lb_core.query import RawQuery, encode_value
 
+if TYPE_CHECKING:
+    from lb_core.api import Call
+
 CALLS = ("create", "join")
+LIMIT_KINDS = ("meetings", "participants", "record")  # what refusals by an integration's limits count as
 OPERATIONS = ("default", "override", "block", "max", "append")
 RESERVED_META_PREFIX = "meta_mconflb-"
 # Parameters a rule may not touch: the LB routes by them, verifies by them, or owns them.
@@ -279,7 +283,8 @@ def effective(global_rules: RuleSet, own: RuleSet) -> RuleSet:
 # --- participant limits -------------------------------------------------------------------------
 
 class Reservation:
-    """A join under way that counts against its integration until it is ``joined`` or ``released``."""
+    """A join under way: it counts against its integration until released (then, if it went through,
+    the caller notes it with ``ParticipantCounter.joined`` in the same step)."""
 
     __slots__ = ("_counter", "_done", "integration")
 
@@ -288,15 +293,7 @@ class Reservation:
         self.integration = integration
         self._done = False
 
-    def joined(self, server: str, at: float) -> None:
-        """The join went through to ``server``: it counts until a poll that started later."""
-        if not self._done:
-            self._done = True
-            self._counter._in_flight[self.integration] -= 1
-            self._counter._note(server, self.integration, at)
-
     def release(self) -> None:
-        """The join did not happen: it no longer counts."""
         if not self._done:
             self._done = True
             self._counter._in_flight[self.integration] -= 1
@@ -327,7 +324,8 @@ class ParticipantCounter:
         self._in_flight[integration] += 1
         return Reservation(self, integration)
 
-    def _note(self, server: str, integration: str, at: float) -> None:
+    def joined(self, integration: str, server: str, at: float) -> None:
+        """A join went through to ``server`` at ``at`` (monotonic): it counts until a later poll covers it."""
         self._joins.setdefault(server, deque()).append((at, integration))
         self._recent[integration] += 1
 
@@ -358,3 +356,28 @@ class ParticipantCounter:
 
     def integrations(self) -> Iterable[str]:
         return set(self._polled_total) | set(self._recent) | {k for k, v in self._in_flight.items() if v > 0}
+
+
+# --- the hook the create and join handlers call -------------------------------------------------
+
+FORM = "application/x-www-form-urlencoded"
+
+
+def rewrite_call(call: Call, rules: RuleSet) -> Call:
+    """``call`` with its rules applied (the same object when no rule changes it).
+
+    A form body that travels beside a signed query is part of the call too: a parameter a rule
+    changes is taken out of it and written into the query, which the backend's checksum covers.
+    """
+    for_call = rules.for_call(call.name)
+    if not for_call:
+        return call
+    form = RawQuery.parse(call.body.decode("utf-8")) if call.body and call.content_type == FORM else None
+    rewrite = apply(for_call, call.query, form)
+    if not rewrite.changed:
+        return call
+    body = rewrite.body if rewrite.body is not None else call.body
+    pairs = rewrite.query.pairs()
+    if body and call.content_type == FORM:
+        pairs += [p for p in RawQuery.parse(body.decode("utf-8")).pairs() if p[0] != "checksum"]
+    return replace(call, query=rewrite.query, pairs=pairs, body=body or None)
