@@ -320,13 +320,13 @@ class LoadBalancer:
         """Every integration with its rights, limits, rules and usage (never its secrets)."""
         meetings = Counter(record.integration for server in self.pool.names()
                            for record in self.meetings.on_server(server))
-        assert self.gateway is not None
-        hits = self.gateway.limit_hits
+        gateway = self.gateway
+        hits = gateway.limit_hits if gateway is not None else Counter()
         return [{"name": i.name, "enabled": i.enabled, "can_record": i.can_record, "max_meetings": i.max_meetings,
                  "max_participants": i.max_participants, "limit_moderators": i.limit_moderators,
                  "max_duration_minutes": i.max_duration_minutes, "rules": i.rules.to_doc(),
                  "secrets": len(i.secrets), "meetings": meetings[i.name],
-                 "participants": self.gateway.participants.count(i.name),
+                 "participants": gateway.participants.count(i.name) if gateway is not None else 0,
                  "limit_hits": {kind: hits[(i.name, kind)] for kind in LIMIT_KINDS if hits[(i.name, kind)]}}
                 for i in self.integrations]
 
