@@ -294,10 +294,10 @@ def rules_command(args: argparse.Namespace, client: AdminClient) -> None:
     name = getattr(args, "name", None)
     path = f"/api/integrations/{_name(name)}/rules" if name else "/api/rules"
     title = f"rules of {name}" if name else "global rules"
-    if args.clear:
+    if args.clear or getattr(args, "reset", False):
         if args.call:
-            raise CliError("--clear takes no rule")
-        result = client.call("PUT", path, {})
+            raise CliError("--clear and --reset take no rule")
+        result = client.call("PUT", path, {}) if args.clear else client.call("DELETE", path)
     elif args.call:
         if args.call not in ("create", "join"):
             raise CliError("rules are for create or join")
@@ -459,4 +459,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     rules = subparsers.add_parser("rules", parents=[common], help="show or change the global rules for create and "
                                   "join (an integration's own rule for a parameter wins)")
     _rules_arguments(rules)
+    rules.add_argument("--reset", action="store_true",
+                       help="forget the global rules set at run time: the config file's apply again")
     rules.set_defaults(handler=run)

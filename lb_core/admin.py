@@ -166,6 +166,7 @@ class AdminServer:
             ("GET", "/api/rules", self.get_rules),
             ("PUT", "/api/rules", self.put_rules),
             ("PATCH", "/api/rules", self.patch_rules),
+            ("DELETE", "/api/rules", self.reset_rules),
         ]
         for method, path, handler in api:
             app.router.add_route(method, path, handler)
@@ -328,6 +329,9 @@ class AdminServer:
     async def put_rules(self, request: web.Request) -> web.Response:
         body = _object(await request.read())
         return json_response(await self._lb().change_rules(request.match_info.get("name"), body, replace=True))
+
+    async def reset_rules(self, request: web.Request) -> web.Response:
+        return json_response(await self._lb().reset_global_rules())
 
     async def patch_rules(self, request: web.Request) -> web.Response:
         body = _object(await request.read())

@@ -43,6 +43,7 @@ from lb_core.events import EventLog, EventQueryError, parse_query
 from lb_core.meetings import MeetingRecord, MeetingRegistry, meeting_key
 from lb_core.pool import Pool, Server
 from lb_core.query import RawQuery, encode_value
+from lb_core.rules import EMPTY as NO_RULES
 from lb_core.rules import ParticipantCounter, Reservation, RuleSet, effective, rewrite_call
 
 log = logging.getLogger("bbb_lb.gateway")
@@ -425,7 +426,7 @@ class Gateway:
             raise errors.invalid_parameter("meetingID has the form of an internal meeting ID")
         if has_reserved_meta(call):
             raise errors.invalid_parameters()
-        call = rewrite_call(call, self.rules.get(call.integration.name, RuleSet()))
+        call = rewrite_call(call, self.rules.get(call.integration.name, NO_RULES))
         if self.callbacks is not None:
             await self.callbacks.check_create(call)
         integration = call.integration
@@ -678,7 +679,7 @@ class Gateway:
         record = self.known_record(call)
         server = self.server_of(record)
         info.server = server.name
-        call = rewrite_call(call, self.rules.get(call.integration.name, RuleSet()))
+        call = rewrite_call(call, self.rules.get(call.integration.name, NO_RULES))
         role = call.param("role").upper()
         password = call.param("password")
         is_moderator = role == "MODERATOR" or (not role and password and password == record.moderator_pw)

@@ -196,6 +196,8 @@ class LoadBalancer:
         if saved_rules is not None:
             try:
                 self.global_rules = parse_rules(saved_rules.get("rules"))
+                log.info("global rules: the ones set at run time (the config file's apply again after "
+                         "`bbb-lb rules --reset`)")
             except RuleError as exc:
                 log.error("the global rules changed at run time are not loaded: %s", exc)
 
@@ -329,6 +331,15 @@ class LoadBalancer:
                  "participants": gateway.participants.count(i.name) if gateway is not None else 0,
                  "limit_hits": {kind: hits[(i.name, kind)] for kind in LIMIT_KINDS if hits[(i.name, kind)]}}
                 for i in self.integrations]
+
+    async def reset_global_rules(self) -> dict[str, Any]:
+        """Forget the global rules set at run time: the config file's apply again."""
+        await self.store.delete(META_TABLE, RULES_KEY)
+        self.global_rules = self.config.rules
+        assert self.gateway is not None
+        self.gateway.set_global_rules(self.global_rules)
+        log.info("global rules reset to the config file's")
+        return self.rules_of(None)
 
     def integration(self, name: str) -> IntegrationConfig:
         found = next((i for i in self.integrations if i.name == name), None)

@@ -102,6 +102,8 @@ def test_rules_from_the_cli_and_the_admin_api(rules_lb, sim):
     assert api_json(lb, "GET", "/api/rules")["rules"]["create"] == {"maxParticipants": {"max": 50}}
     cli(lb, "rules", "--clear")
     assert api_json(lb, "GET", "/api/rules")["rules"] == {}
+    cli(lb, "rules", "--reset")  # the config file's global rules again
+    assert api_json(lb, "GET", "/api/rules")["rules"] == {"join": {"userdata-bbb_auto_join_audio": {"default": "true"}}}
 
 
 def test_bad_rules_are_refused_at_load_naming_the_file_and_key(tmp_path):
