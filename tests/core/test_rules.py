@@ -6,7 +6,9 @@ import asyncio
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import aiohttp
 import pytest
+from yarl import URL
 
 from lb_core import checksum
 from lb_core.service import ControlError
@@ -31,6 +33,13 @@ def sent(lb) -> list[dict[str, Any]]:
 
     backend.call = spy
     return calls
+
+
+async def follow(location: str) -> int:
+    """Request a redirect's target as a browser does: its bytes as they are (yarl would decode %28)."""
+    async with aiohttp.ClientSession() as session, session.get(URL(location, encoded=True),
+                                                               allow_redirects=False) as response:
+        return response.status
 
 
 def last_create(sim, meeting_id: str) -> dict[str, Any]:
@@ -249,3 +258,80 @@ async def test_reserved_meta_from_the_client_is_still_refused_with_rules(lb_fact
                           secret="moodle-secret")
     assert reply.field("messageKey") == "invalidParameters"
     assert all("rm" not in sim.meetings(s["name"]) for s in sim.servers)
+
+
+# Each operation: (rule, the client's part or "" when absent, the backend's part or "" when removed,
+# whether a changed part stays in place rather than being appended).
+OPERATIONS = {
+    "default": ({"default": "Hi there"}, "", "PARAM=Hi%20there"),
+    "override": ({"override": False}, "PARAM=true", "PARAM=false"),
+    "block": ({"block": True}, "PARAM=x%2Fy", ""),
+    "max": ({"max": 30}, "PARAM=600", "PARAM=30"),
+    "append": ({"append": ["chat", "polls"]}, "PARAM=polls%2Cscreenshare", "PARAM=polls%2Cscreenshare%2Cchat"),
+}
+CREATE_HEAD = "meetingID=MID&name=Caf%C3%A9+%28x%29"
+CREATE_TAIL = "attendeePW=a%2Ab&moderatorPW=mp&welcome=it's+*fine*"
+
+
+def expected(head: str, given: str, result: str, tail: str) -> str:
+    """The client's query with the rule's parameter changed in place, removed, or appended when absent."""
+    if given:
+        return "&".join(p for p in (head, result, tail) if p)
+    return "&".join(p for p in (head, tail, result) if p)
+
+
+@pytest.mark.parametrize("operation", list(OPERATIONS))
+@pytest.mark.parametrize("transport", ["get", "post-body-signed", "post-form-beside-query"])
+async def test_each_operation_on_create(lb_factory, sim, operation, transport):
+    rule, given, result = OPERATIONS[operation]
+    lb = await lb_factory(servers=[0], integrations=moodle(rules={"create": {"custom_param": rule}}))
+    calls = sent(lb)
+    meeting_id = f"{operation}-{transport}"
+    head = CREATE_HEAD.replace("MID", meeting_id)
+    given, result = given.replace("PARAM", "custom_param"), result.replace("PARAM", "custom_param")
+    if transport == "get":
+        reply = await lb.http(lb.sign("create", "&".join(p for p in (head, given, CREATE_TAIL) if p),
+                                      secret="moodle-secret", algorithm="sha1"))
+        want_query, want_body = expected(head, given, result, CREATE_TAIL), None
+    elif transport == "post-body-signed":
+        body = checksum.sign("create", "&".join(p for p in (head, given, CREATE_TAIL) if p), "moodle-secret")
+        reply = await lb.http(lb.api + "create", method="POST", data=body.encode(), headers=FORM)
+        want_query, want_body = expected(head, given, result, CREATE_TAIL), None
+    else:  # the query is signed; the form body beside it carries the rule's parameter and more
+        form = "&".join(p for p in (given, CREATE_TAIL) if p)
+        reply = await lb.http(lb.sign("create", head, secret="moodle-secret"), method="POST", data=form.encode(),
+                              headers=FORM)
+        changed = result != given
+        want_query = "&".join(p for p in (head, result if changed else "") if p)
+        want_body = (CREATE_TAIL if changed else form).encode()
+    assert reply.field("returncode") == "SUCCESS", reply.text
+    create = [c for c in calls if c["call"] == "create"][-1]
+    assert client_part(create["query"]) == want_query  # byte for byte, untouched parameters as sent
+    if want_body is not None:
+        assert create["body"] == want_body
+    assert last_create(sim, meeting_id)["checksum_ok"]  # the backend verified the re-signed call
+
+
+JOIN_HEAD = "meetingID=jm&fullName=Ana+%C3%A9+%28x%29"
+JOIN_TAIL = "password=ap&userdata-note=it's+*fine*"
+
+
+@pytest.mark.parametrize("operation", list(OPERATIONS))
+@pytest.mark.parametrize("redirect", [True, False])
+async def test_each_operation_on_join(lb_factory, sim, operation, redirect):
+    rule, given, result = OPERATIONS[operation]
+    lb = await lb_factory(servers=[0], integrations=moodle(rules={"join": {"userdata-custom": rule}}))
+    await lb.call("create", {"meetingID": "jm", "name": "Join room", "attendeePW": "ap", "moderatorPW": "mp"},
+                  secret="moodle-secret")
+    given, result = given.replace("PARAM", "userdata-custom"), result.replace("PARAM", "userdata-custom")
+    tail = JOIN_TAIL if redirect else JOIN_TAIL + "&redirect=false"
+    query = "&".join(p for p in (JOIN_HEAD, given, tail) if p)
+    reply = await lb.http(lb.sign("join", query, secret="moodle-secret", algorithm="sha1"))
+    if redirect:
+        assert reply.status == 302, reply.text
+        assert await follow(reply.headers["Location"]) == 302  # the browser's step to the backend
+    else:
+        assert reply.field("returncode") == "SUCCESS", reply.text
+    backend_join = [r for r in sim.requests("bbb1") if r["call"] == "join"][-1]
+    assert backend_join["checksum_ok"]
+    assert backend_join["raw_query"].rsplit("&checksum=", 1)[0] == expected(JOIN_HEAD, given, result, tail)
