@@ -40,7 +40,8 @@ PROTECTED = {"create": frozenset({"meetingID", "checksum", "preferredServer"}),
              "join": frozenset({"meetingID", "checksum"})}
 _PARAM = re.compile(r"^[A-Za-z0-9_.:\-\[\]]{1,128}$")
 MAX_VALUE_CHARS = 8192
-_WHOLE = re.compile(r"^\s*[+-]?\d{1,18}\s*$")
+# Plain digits only: a value bbb-web might read differently (" 30", "+30", "3e1") is replaced, never kept.
+_WHOLE = re.compile(r"^\d{1,18}$")
 
 
 class RuleError(ValueError):

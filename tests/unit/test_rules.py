@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lb_core.query import RawQuery
 from lb_core.rules import (
@@ -95,7 +97,8 @@ def test_block_removes_every_occurrence():
 @pytest.mark.parametrize(("given", "expected"), [
     ("", "&duration=60"), ("duration=30", ""), ("duration=60", ""), ("duration=600", "duration=60"),
     ("duration=0", "duration=60"), ("duration=-5", "duration=60"), ("duration=abc", "duration=60"),
-    ("duration=1e9", "duration=60"),
+    ("duration=1e9", "duration=60"), ("duration=%2030", "duration=60"), ("duration=+30", "duration=60"),
+    ("duration=030", ""),
 ])
 def test_max_caps_sets_and_replaces_unlimited(given, expected):
     query = f"name=n&{given}" if given else "name=n"
@@ -158,3 +161,36 @@ def test_reservations_count_until_released_and_joins_until_a_later_poll():
     counter.forget_server("bbb1")
     assert counter.count("moodle") == 1
     assert counter.reserve("moodle", None) is not None  # no limit: always a place
+
+
+# --- properties: whatever the query, only the ruled parameters change -------------------------------
+
+_raw = st.text(alphabet="abcXYZ019%+*'()!~-_.=é ", max_size=12)
+_keys = st.sampled_from(["duration", "record", "welcome", "meta_Tag", "META_tag", "name", "x", "dura%74ion"])
+_rules = st.dictionaries(
+    st.sampled_from(["duration", "record", "welcome", "meta_tag"]),
+    st.one_of(st.just({"block": True}), st.builds(lambda v: {"default": v}, _raw.filter(bool)),
+              st.builds(lambda v: {"override": v}, _raw.filter(bool)),
+              st.builds(lambda n: {"max": n}, st.integers(1, 10_000)),
+              st.builds(lambda v: {"append": v}, st.lists(st.sampled_from(["chat", "polls", "x y"]), min_size=1))),
+    max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=st.lists(st.tuples(_keys, _raw), max_size=8), rules_doc=_rules)
+def test_only_ruled_parameters_change_and_a_second_pass_changes_nothing(parts, rules_doc):
+    query = RawQuery(tuple(f"{k}={v}" for k, v in parts))
+    rules = parse_rules({"create": rules_doc}).create
+    out = apply(rules, query)
+    ruled = set(rules)
+
+    def key(part: str) -> str:
+        decoded = RawQuery((part,)).pairs()[0][0] if part else ""
+        return decoded.lower() if decoded.lower().startswith("meta_") else decoded
+
+    kept = [p for p in query.parts if key(p) not in ruled]
+    assert [p for p in out.query.parts if key(p) not in ruled] == kept  # same bytes, same order
+    for match in ruled:
+        assert sum(1 for p in out.query.parts if key(p) == match) <= 1
+    again = apply(rules, out.query)
+    assert again.query == out.query and not again.changed
