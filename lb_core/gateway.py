@@ -13,7 +13,7 @@ import logging
 import random
 import re
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -43,8 +43,7 @@ from lb_core.events import EventLog, EventQueryError, parse_query
 from lb_core.meetings import MeetingRecord, MeetingRegistry, meeting_key
 from lb_core.pool import Pool, Server
 from lb_core.query import RawQuery, encode_value
-from lb_core.rules import EMPTY as NO_RULES
-from lb_core.rules import ParticipantCounter, Reservation, RuleSet, effective, rewrite_call
+from lb_core.rules import Policy
 
 log = logging.getLogger("bbb_lb.gateway")
 
@@ -145,10 +144,7 @@ class Gateway:
         # recordID -> (server name, owning integration), learned from creates and recording listings.
         self.recordings: LruCache[str, tuple[str, str]] = LruCache(RECORDINGS_CACHE_MAX)
         self._secrets: list[tuple[str, IntegrationConfig]] = []
-        self.global_rules: RuleSet = config.rules
-        self.rules: dict[str, RuleSet] = {}
-        self.participants = ParticipantCounter()
-        self.limit_hits: Counter[tuple[str, str]] = Counter()  # (integration, kind) -> refusals
+        self.policy = Policy(config.rules)  # rules, participant counts, refusals by limit
         self.set_integrations(list(config.integrations))
         self._handlers: dict[str, Callable[[Call, Answer], Awaitable[Answer]]] = {
             "create": self.create,
@@ -182,16 +178,7 @@ class Gateway:
     def set_integrations(self, integrations: list[IntegrationConfig]) -> None:
         self.integrations = {i.name: i for i in integrations}
         self._secrets = [(secret, i) for i in integrations for secret in i.secrets]
-        self.rules = {i.name: effective(self.global_rules, i.own_rules) for i in integrations}
-
-    def set_global_rules(self, rules: RuleSet) -> None:
-        self.global_rules = rules
-        self.set_integrations(list(self.integrations.values()))
-
-    def limit_refused(self, integration: str, kind: str, error: ApiError) -> ApiError:
-        """Count a refusal by one of the integration's limits (for /metrics) and answer it."""
-        self.limit_hits[(integration, kind)] += 1
-        return error
+        self.policy.set_integrations(integrations)
 
     # --- entry point ---------------------------------------------------------------------------
 
@@ -426,12 +413,12 @@ class Gateway:
             raise errors.invalid_parameter("meetingID has the form of an internal meeting ID")
         if has_reserved_meta(call):
             raise errors.invalid_parameters()
-        call = rewrite_call(call, self.rules.get(call.integration.name, NO_RULES))
+        call = self.policy.rewrite(call)
         if self.callbacks is not None:
             await self.callbacks.check_create(call)
         integration = call.integration
         if call.param("record").lower() == "true" and not integration.can_record:
-            raise self.limit_refused(integration.name, "record", errors.permission_denied_record())
+            raise self.policy.refused(integration.name, "record", errors.permission_denied_record())
         key = meeting_key(integration.name, meeting_id)
         while (pending := self.meetings.creation_in_progress(key)) is not None:
             await asyncio.shield(pending)
@@ -442,7 +429,7 @@ class Gateway:
                 return await self.create_on(server, call, info, record)
         limit = integration.max_meetings
         if limit is not None and self.meetings.count(integration.name) + self.meetings.creating(integration.name) >= limit:
-            raise self.limit_refused(integration.name, "meetings", errors.permission_denied_meetings())
+            raise self.policy.refused(integration.name, "meetings", errors.permission_denied_meetings())
         self.meetings.begin_creation(key)
         created: MeetingRecord | None = None
         try:
@@ -679,11 +666,11 @@ class Gateway:
         record = self.known_record(call)
         server = self.server_of(record)
         info.server = server.name
-        call = rewrite_call(call, self.rules.get(call.integration.name, NO_RULES))
+        call = self.policy.rewrite(call)
         role = call.param("role").upper()
         password = call.param("password")
         is_moderator = role == "MODERATOR" or (not role and password and password == record.moderator_pw)
-        place = self.participant_place(call.integration, bool(is_moderator))
+        place = self.policy.join_place(call.integration, bool(is_moderator))
         if call.param("redirect").lower() == "false":
             try:  # the place counts while the backend is asked, so concurrent joins cannot overshoot
                 answer, root = await self.routed(server, call, info)
@@ -702,24 +689,8 @@ class Gateway:
                       call=info.call, integration=info.integration, meeting_id=info.meeting_id,
                       checksum=info.checksum, route="redirect", server=server.name, result="redirect")
 
-    def participant_place(self, integration: IntegrationConfig, moderator: bool) -> Reservation:
-        """A place for the joining user under the integration's max_participants, or permissionDenied."""
-        exempt = moderator and not integration.limit_moderators
-        place = self.participants.reserve(integration.name, None if exempt else integration.max_participants)
-        if place is None:
-            raise self.limit_refused(integration.name, "participants", errors.permission_denied_participants())
-        return place
-
-    def note_poll(self, server: Server, asked_at: float) -> None:
-        """A poll of ``server`` asked at ``asked_at`` (monotonic) is in: its participants per integration."""
-        counts: Counter[str] = Counter()
-        for record in self.meetings.on_server(server.name):
-            if (load := server.meetings.get(record.meeting_id)) is not None:
-                counts[record.integration] += load.participants
-        self.participants.polled(server.name, asked_at, counts)
-
     def note_join(self, server: Server, record: MeetingRecord, call: Call, moderator: bool) -> None:
-        self.participants.joined(record.integration, server.name, time.monotonic())
+        self.policy.participants.joined(record.integration, server.name, time.monotonic())
         server.note_join()
         self._running_cache.pop(record.key, None)  # a cached running=false would now be wrong
         if record.event_id:

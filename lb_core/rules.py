@@ -30,6 +30,10 @@ from lb_core.query import RawQuery, encode_value
 
 if TYPE_CHECKING:
     from lb_core.api import Call
+    from lb_core.config import IntegrationConfig
+    from lb_core.errors import ApiError
+    from lb_core.meetings import MeetingRecord
+    from lb_core.pool import Server
 
 CALLS = ("create", "join")
 LIMIT_KINDS = ("meetings", "participants", "record")  # what refusals by an integration's limits count as
@@ -382,3 +386,58 @@ def rewrite_call(call: Call, rules: RuleSet) -> Call:
     if body and call.content_type == FORM:
         pairs += [p for p in RawQuery.parse(body.decode("utf-8")).pairs() if p[0] != "checksum"]
     return replace(call, query=rewrite.query, pairs=pairs, body=body or None)
+
+
+class Policy:
+    """What the create and join handlers consult: each integration's rules in force, its participants,
+    and the calls its limits refused (for /metrics and the dashboard). No I/O; operators' changes go
+    through ``set_integrations`` and ``set_global_rules``."""
+
+    def __init__(self, global_rules: RuleSet = EMPTY) -> None:
+        self.global_rules = global_rules
+        self.participants = ParticipantCounter()
+        self.limit_hits: Counter[tuple[str, str]] = Counter()  # (integration, kind) -> refusals
+        self._integrations: list[IntegrationConfig] = []
+        self._rules: dict[str, RuleSet] = {}
+
+    def set_integrations(self, integrations: Iterable[IntegrationConfig]) -> None:
+        self._integrations = list(integrations)
+        self._rules = {i.name: effective(self.global_rules, i.own_rules) for i in self._integrations}
+
+    def set_global_rules(self, rules: RuleSet) -> None:
+        self.global_rules = rules
+        self.set_integrations(self._integrations)
+
+    def rules_for(self, integration: str) -> RuleSet:
+        return self._rules.get(integration, EMPTY)
+
+    def rewrite(self, call: Call) -> Call:
+        """The call as its integration's rules make it (the same object when none applies)."""
+        return rewrite_call(call, self._rules.get(call.integration.name, EMPTY))
+
+    def refused(self, integration: str, kind: str, error: ApiError) -> ApiError:
+        """Count a refusal by one of the integration's limits (``kind`` in LIMIT_KINDS) and answer it."""
+        self.limit_hits[(integration, kind)] += 1
+        return error
+
+    def join_place(self, integration: IntegrationConfig, moderator: bool) -> Reservation:
+        """A place for a joining user under ``max_participants``, or BBB's permissionDenied to raise."""
+        from lb_core import errors  # here, not at the top: lb_core.errors is not needed to read rules
+
+        exempt = moderator and not integration.limit_moderators
+        place = self.participants.reserve(integration.name, None if exempt else integration.max_participants)
+        if place is None:
+            raise self.refused(integration.name, "participants", errors.permission_denied_participants())
+        return place
+
+    def polled(self, server: Server, records: Iterable[MeetingRecord], asked_at: float) -> None:
+        """A poll of ``server`` asked at ``asked_at`` (monotonic) is in: the participants of the meetings the LB
+        placed there (``records``), per integration."""
+        counts: Counter[str] = Counter()
+        for record in records:
+            if (load := server.meetings.get(record.meeting_id)) is not None:
+                counts[record.integration] += load.participants
+        self.participants.polled(server.name, asked_at, counts)
+
+    def hits_of(self, integration: str) -> dict[str, int]:
+        return {kind: count for kind in LIMIT_KINDS if (count := self.limit_hits[(integration, kind)])}

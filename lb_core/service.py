@@ -31,7 +31,7 @@ from lb_core.outbound import OutboundClient, own_ports
 from lb_core.pool import DisableState, Pool, Server
 from lb_core.query import encode_value
 from lb_core.rules import EMPTY as EMPTY_RULES
-from lb_core.rules import LIMIT_KINDS, RuleError, RuleSet, parse_rules
+from lb_core.rules import Policy, RuleError, RuleSet, parse_rules
 from lb_core.store import Store, TinyDbStore
 
 log = logging.getLogger("bbb_lb")
@@ -106,7 +106,7 @@ class LoadBalancer:
             self.locator = await asyncio.to_thread(GeoLocator, self.config.geo.database)
         self.gateway = Gateway(self.config, self.pool, self.meetings, self.events, self.backend, self.instance_id,
                                locate=self.locator.locate if self.locator is not None else None)
-        self.gateway.global_rules = self.global_rules
+        self.gateway.policy.global_rules = self.global_rules
         self.gateway.set_integrations(self.integrations)
         self.callbacks = Callbacks(self.store, self.backend, self.pool, self.config.public_url,
                                    lambda: self.gateway.integrations if self.gateway else {},
@@ -240,7 +240,7 @@ class LoadBalancer:
         forgotten = await self._forget_meetings_on(name)
         self.pool.remove(name)
         if self.gateway is not None:
-            self.gateway.participants.forget_server(name)
+            self.gateway.policy.participants.forget_server(name)
         await self._save_server(name, removed=True)
         log.info("server %s removed (%d meetings forgotten)", name, forgotten)
         return {"name": name, "removed": True, "meetings_forgotten": forgotten}
@@ -309,7 +309,7 @@ class LoadBalancer:
         """Take in the poll's participant counts; a draining server that has emptied is disabled."""
         asked_at = self._poll_asked_at.pop(server.name, None)
         if asked_at is not None and self.gateway is not None:
-            self.gateway.note_poll(server, asked_at)
+            self.gateway.policy.polled(server, self.meetings.on_server(server.name), asked_at)
         if server.draining and server.meeting_count == 0 and not self.meetings.on_server(server.name):
             server.draining = False
             server.disable_state = DisableState.DISABLED
@@ -322,14 +322,12 @@ class LoadBalancer:
         """Every integration with its rights, limits, rules and usage (never its secrets)."""
         meetings = Counter(record.integration for server in self.pool.names()
                            for record in self.meetings.on_server(server))
-        gateway = self.gateway
-        hits = gateway.limit_hits if gateway is not None else Counter()
+        policy = self.gateway.policy if self.gateway is not None else Policy()
         return [{"name": i.name, "enabled": i.enabled, "can_record": i.can_record, "max_meetings": i.max_meetings,
                  "max_participants": i.max_participants, "limit_moderators": i.limit_moderators,
                  "max_duration_minutes": i.max_duration_minutes, "rules": i.rules.to_doc(),
                  "secrets": len(i.secrets), "meetings": meetings[i.name],
-                 "participants": gateway.participants.count(i.name) if gateway is not None else 0,
-                 "limit_hits": {kind: hits[(i.name, kind)] for kind in LIMIT_KINDS if hits[(i.name, kind)]}}
+                 "participants": policy.participants.count(i.name), "limit_hits": policy.hits_of(i.name)}
                 for i in self.integrations]
 
     async def reset_global_rules(self) -> dict[str, Any]:
@@ -337,7 +335,7 @@ class LoadBalancer:
         await self.store.delete(META_TABLE, RULES_KEY)
         self.global_rules = self.config.rules
         assert self.gateway is not None
-        self.gateway.set_global_rules(self.global_rules)
+        self.gateway.policy.set_global_rules(self.global_rules)
         log.info("global rules reset to the config file's")
         return self.rules_of(None)
 
@@ -355,7 +353,7 @@ class LoadBalancer:
         integration = self.integration(name)
         return {"name": name, "rules": integration.rules.to_doc(),
                 "max_duration_minutes": integration.max_duration_minutes,
-                "effective": self.gateway.rules[name].to_doc()}
+                "effective": self.gateway.policy.rules_for(name).to_doc()}
 
     async def change_rules(self, name: str | None, changes: dict[str, Any], *, replace: bool = False) -> dict[str, Any]:
         """Set rules (``{call: {param: {op: value} | null}}``, null removing one) of an integration or, for
@@ -386,7 +384,7 @@ class LoadBalancer:
         self.global_rules = rules
         await self.store.put(META_TABLE, RULES_KEY, {"rules": rules.to_doc()})
         assert self.gateway is not None
-        self.gateway.set_global_rules(rules)
+        self.gateway.policy.set_global_rules(rules)
         log.info("global rules changed")
         return self.rules_of(None)
 

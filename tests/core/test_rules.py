@@ -157,7 +157,7 @@ async def test_can_record_false_still_refuses_and_a_rule_silently_turns_recordin
         "permissionDenied", "This application is not allowed to record meetings.")
     quiet = await lb.call("create", {"meetingID": "rec-2", "name": "R room", "record": "true"}, secret="quiet-secret")
     assert quiet.field("returncode") == "SUCCESS" and sim.meeting("bbb1", "rec-2").record is False
-    assert lb.lb.gateway.limit_hits[("moodle", "record")] == 1
+    assert lb.lb.gateway.policy.limit_hits[("moodle", "record")] == 1
 
 
 async def test_fifty_concurrent_joins_against_a_limit_of_twenty(lb_factory, sim):
@@ -178,7 +178,7 @@ async def test_fifty_concurrent_joins_against_a_limit_of_twenty(lb_factory, sim)
                r.field("message") == "This application is not allowed to have any more participants."
                for r in refused)
     assert len(sim.meeting("bbb1", "crowd").attendees) == 20
-    assert lb.lb.gateway.limit_hits[("moodle", "participants")] == 30
+    assert lb.lb.gateway.policy.limit_hits[("moodle", "participants")] == 30
     # A redirect join over the limit is refused too, never redirected.
     over = await lb.call("join", {"meetingID": "crowd", "fullName": "Late", "password": "ap"},
                          secret="moodle-secret")
@@ -194,7 +194,7 @@ async def test_the_limit_counts_polled_participants_plus_joins_since(lb_factory,
     sim.participants(sim.server_of("p2"), "p2", 3)
     sim.participants(sim.server_of("other"), "other", 50)
     await lb.poll()
-    assert lb.lb.gateway.participants.count("moodle") == 7
+    assert lb.lb.gateway.policy.participants.count("moodle") == 7
 
     async def join(meeting: str, **extra: str):  # type: ignore[no-untyped-def]
         return await lb.call("join", {"meetingID": meeting, "fullName": "x", "password": "ap", **extra},
@@ -205,7 +205,7 @@ async def test_the_limit_counts_polled_participants_plus_joins_since(lb_factory,
     sim.participants(sim.server_of("p1"), "p1", 1)  # people left; the next poll sees it
     sim.participants(sim.server_of("p2"), "p2", 0)
     await lb.poll()
-    assert lb.lb.gateway.participants.count("moodle") == 1
+    assert lb.lb.gateway.policy.participants.count("moodle") == 1
     assert (await join("p2")).status == 302
     assert (await lb.call("join", {"meetingID": "other", "fullName": "y", "password": "ap"})).status == 302
 
