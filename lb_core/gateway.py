@@ -43,6 +43,7 @@ from lb_core.events import EventLog, EventQueryError, parse_query
 from lb_core.meetings import MeetingRecord, MeetingRegistry, meeting_key
 from lb_core.pool import Pool, Server
 from lb_core.query import RawQuery, encode_value
+from lb_core.rules import Policy
 
 log = logging.getLogger("bbb_lb.gateway")
 
@@ -143,6 +144,7 @@ class Gateway:
         # recordID -> (server name, owning integration), learned from creates and recording listings.
         self.recordings: LruCache[str, tuple[str, str]] = LruCache(RECORDINGS_CACHE_MAX)
         self._secrets: list[tuple[str, IntegrationConfig]] = []
+        self.policy = Policy(config.rules)  # rules, participant counts, refusals by limit
         self.set_integrations(list(config.integrations))
         self._handlers: dict[str, Callable[[Call, Answer], Awaitable[Answer]]] = {
             "create": self.create,
@@ -176,6 +178,7 @@ class Gateway:
     def set_integrations(self, integrations: list[IntegrationConfig]) -> None:
         self.integrations = {i.name: i for i in integrations}
         self._secrets = [(secret, i) for i in integrations for secret in i.secrets]
+        self.policy.set_integrations(integrations)
 
     # --- entry point ---------------------------------------------------------------------------
 
@@ -410,11 +413,12 @@ class Gateway:
             raise errors.invalid_parameter("meetingID has the form of an internal meeting ID")
         if has_reserved_meta(call):
             raise errors.invalid_parameters()
+        call = self.policy.rewrite(call)
         if self.callbacks is not None:
             await self.callbacks.check_create(call)
         integration = call.integration
         if call.param("record").lower() == "true" and not integration.can_record:
-            raise errors.permission_denied_record()
+            raise self.policy.refused(integration.name, "record", errors.permission_denied_record())
         key = meeting_key(integration.name, meeting_id)
         while (pending := self.meetings.creation_in_progress(key)) is not None:
             await asyncio.shield(pending)
@@ -425,7 +429,7 @@ class Gateway:
                 return await self.create_on(server, call, info, record)
         limit = integration.max_meetings
         if limit is not None and self.meetings.count(integration.name) + self.meetings.creating(integration.name) >= limit:
-            raise errors.permission_denied_meetings()
+            raise self.policy.refused(integration.name, "meetings", errors.permission_denied_meetings())
         self.meetings.begin_creation(key)
         created: MeetingRecord | None = None
         try:
@@ -662,14 +666,20 @@ class Gateway:
         record = self.known_record(call)
         server = self.server_of(record)
         info.server = server.name
+        call = self.policy.rewrite(call)
         role = call.param("role").upper()
         password = call.param("password")
         is_moderator = role == "MODERATOR" or (not role and password and password == record.moderator_pw)
+        place = self.policy.join_place(call.integration, bool(is_moderator))
         if call.param("redirect").lower() == "false":
-            answer, root = await self.routed(server, call, info)
+            try:  # the place counts while the backend is asked, so concurrent joins cannot overshoot
+                answer, root = await self.routed(server, call, info)
+            finally:
+                place.release()
             if root is not None and is_success(root):
                 self.note_join(server, record, call, bool(is_moderator))
             return answer
+        place.release()
         self.note_join(server, record, call, bool(is_moderator))
         location = self.backend.signed_url(server.config, "join", call.query.text)
         info.route = "redirect"
@@ -680,6 +690,7 @@ class Gateway:
                       checksum=info.checksum, route="redirect", server=server.name, result="redirect")
 
     def note_join(self, server: Server, record: MeetingRecord, call: Call, moderator: bool) -> None:
+        self.policy.participants.joined(record.integration, server.name, time.monotonic())
         server.note_join()
         self._running_cache.pop(record.key, None)  # a cached running=false would now be wrong
         if record.event_id:

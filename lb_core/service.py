@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Coroutine
 from typing import Any
 
@@ -19,9 +19,8 @@ from lb_core.config import (
     ConfigError,
     IntegrationConfig,
     ServerConfig,
-    _Reader,
-    read_integration,
-    read_server,
+    parse_request,
+    validate,
 )
 from lb_core.events import EventLog
 from lb_core.gateway import Gateway
@@ -29,8 +28,10 @@ from lb_core.geo import GeoLocator, fill_geoloc
 from lb_core.meetings import MeetingRegistry
 from lb_core.monitor import Monitor
 from lb_core.outbound import OutboundClient, own_ports
-from lb_core.pool import DisableState, Pool
+from lb_core.pool import DisableState, Pool, Server
 from lb_core.query import encode_value
+from lb_core.rules import EMPTY as EMPTY_RULES
+from lb_core.rules import Policy, RuleError, RuleSet, parse_rules
 from lb_core.store import Store, TinyDbStore
 
 log = logging.getLogger("bbb_lb")
@@ -38,6 +39,7 @@ log = logging.getLogger("bbb_lb")
 META_TABLE = "meta"
 SERVERS_TABLE = "servers"
 INTEGRATIONS_TABLE = "integrations"
+RULES_KEY = "rules"  # the global rules changed at run time, in META_TABLE
 
 
 class ControlError(Exception):
@@ -46,6 +48,24 @@ class ControlError(Exception):
 
 class NotFound(ControlError):
     """The server or integration an operator named does not exist (the admin API answers 404)."""
+
+
+def stored_server(doc: dict[str, Any]) -> ServerConfig:
+    """A server added at run time, as saved; saves before the config models held ``disable_state``."""
+    doc = dict(doc)
+    legacy_state = doc.pop("disable_state", None)
+    if "state" not in doc and legacy_state is not None:
+        doc["state"] = next((k for k, v in DISABLE_STATES.items() if v == legacy_state), "auto")
+    return validate(ServerConfig, doc, prefix=f"saved server {doc.get('name')!r}: ")
+
+
+def stored_integration(name: str, doc: dict[str, Any]) -> IntegrationConfig:
+    """An integration added or changed at run time, as saved (older saves lack the newer keys)."""
+    secrets = list(doc.get("secrets") or [""])
+    fields = {k: v for k, v in doc.items() if k not in ("secrets", "removed")}
+    return validate(IntegrationConfig, {"name": name, "secret": secrets[0],
+                                        "previous_secret": secrets[1] if len(secrets) > 1 else None, **fields},
+                    prefix=f"saved integration {name!r}: ")
 
 
 class LoadBalancer:
@@ -64,7 +84,9 @@ class LoadBalancer:
         self.instance_id = ""
         self.integrations: list[IntegrationConfig] = list(config.integrations)
         self.locator: GeoLocator | None = None
+        self.global_rules: RuleSet = config.rules
         self._tasks: set[asyncio.Task[None]] = set()
+        self._poll_asked_at: dict[str, float] = {}  # server -> when its poll being taken in was asked
 
     @classmethod
     async def start(cls, config: Config, store: Store | None = None, *, poll: bool = True) -> LoadBalancer:
@@ -84,6 +106,7 @@ class LoadBalancer:
             self.locator = await asyncio.to_thread(GeoLocator, self.config.geo.database)
         self.gateway = Gateway(self.config, self.pool, self.meetings, self.events, self.backend, self.instance_id,
                                locate=self.locator.locate if self.locator is not None else None)
+        self.gateway.policy.global_rules = self.global_rules
         self.gateway.set_integrations(self.integrations)
         self.callbacks = Callbacks(self.store, self.backend, self.pool, self.config.public_url,
                                    lambda: self.gateway.integrations if self.gateway else {},
@@ -93,7 +116,7 @@ class LoadBalancer:
         self.gateway.callbacks = self.callbacks
         await self.callbacks.resume()
         self.monitor = Monitor(self.config, self.pool, self.meetings, self.backend, self.gateway.forget,
-                               after_poll=self._after_poll, on_listing=self.gateway.remember_listing)
+                               after_poll=self._after_poll, on_listing=self._on_listing)
         if poll:
             self.monitor.start()
         self._background(fill_geoloc(self.locator, self.pool))
@@ -143,7 +166,12 @@ class LoadBalancer:
                 self.pool.remove(name)
                 continue
             if "config" in doc:
-                config = ServerConfig(**doc["config"])
+                try:
+                    config = stored_server(doc["config"])
+                except ConfigError as exc:
+                    log.error("server %s added at run time is not loaded: its saved settings are invalid: %s",
+                              name, exc)
+                    continue
                 server = self.pool.get(name)
                 if server is None:
                     server = self.pool.add(config)
@@ -155,17 +183,30 @@ class LoadBalancer:
                 server.draining = bool(doc.get("draining", False))
         self.integrations = list(self.config.integrations)
         for name, doc in (await self.store.all(INTEGRATIONS_TABLE)).items():
+            if not doc.get("removed"):
+                try:
+                    integration = stored_integration(name, doc)
+                except ConfigError as exc:
+                    log.error("integration %s changed at run time is not loaded: its saved settings are "
+                              "invalid: %s", name, exc)
+                    continue
             self.integrations = [i for i in self.integrations if i.name != name]
             if not doc.get("removed"):
-                self.integrations.append(IntegrationConfig(
-                    name=name, secrets=tuple(doc["secrets"]), enabled=doc.get("enabled", True),
-                    can_record=doc.get("can_record", True), max_meetings=doc.get("max_meetings")))
+                self.integrations.append(integration)
+        saved_rules = await self.store.get(META_TABLE, RULES_KEY)
+        if saved_rules is not None:
+            try:
+                self.global_rules = parse_rules(saved_rules.get("rules"))
+                log.info("global rules: the ones set at run time (the config file's apply again after "
+                         "`bbb-lb rules --reset`)")
+            except RuleError as exc:
+                log.error("the global rules changed at run time are not loaded: %s", exc)
 
     async def _save_server(self, name: str, *, removed: bool = False) -> None:
         server = self.pool.get(name)
         doc: dict[str, Any] = {"removed": removed}
         if server is not None and not removed:
-            doc.update(config=dataclasses.asdict(server.config), disable_state=int(server.disable_state),
+            doc.update(config=server.config.model_dump(), disable_state=int(server.disable_state),
                        draining=server.draining)
         await self.store.put(SERVERS_TABLE, name, doc)
 
@@ -181,7 +222,7 @@ class LoadBalancer:
 
     async def add_server(self, spec: dict[str, Any]) -> dict[str, Any]:
         try:
-            config = read_server(_Reader("request", dict(spec), "server"))
+            config = parse_request(ServerConfig, spec)
         except ConfigError as exc:
             raise ControlError(str(exc)) from None
         if self.pool.get(config.name) is not None:
@@ -199,6 +240,8 @@ class LoadBalancer:
         self._server(name)
         forgotten = await self._forget_meetings_on(name)
         self.pool.remove(name)
+        if self.gateway is not None:
+            self.gateway.policy.participants.forget_server(name)
         await self._save_server(name, removed=True)
         log.info("server %s removed (%d meetings forgotten)", name, forgotten)
         return {"name": name, "removed": True, "meetings_forgotten": forgotten}
@@ -258,8 +301,16 @@ class LoadBalancer:
             await self.gateway.forget(record)
         return len(records)
 
+    def _on_listing(self, server: Server, root: Any, asked_at: float) -> object:
+        self._poll_asked_at[server.name] = asked_at
+        assert self.gateway is not None
+        return self.gateway.remember_listing(server, root, asked_at)
+
     async def _after_poll(self, server) -> None:  # type: ignore[no-untyped-def]
-        """A draining server that has emptied is disabled: the drain is over."""
+        """Take in the poll's participant counts; a draining server that has emptied is disabled."""
+        asked_at = self._poll_asked_at.pop(server.name, None)
+        if asked_at is not None and self.gateway is not None:
+            self.gateway.policy.polled(server, self.meetings.on_server(server.name), asked_at)
         if server.draining and server.meeting_count == 0 and not self.meetings.on_server(server.name):
             server.draining = False
             server.disable_state = DisableState.DISABLED
@@ -269,24 +320,81 @@ class LoadBalancer:
     # --- integrations ------------------------------------------------------------------------------------
 
     def list_integrations(self) -> list[dict[str, Any]]:
+        """Every integration with its rights, limits, rules and usage (never its secrets)."""
+        meetings = Counter(record.integration for server in self.pool.names()
+                           for record in self.meetings.on_server(server))
+        policy = self.gateway.policy if self.gateway is not None else Policy()
         return [{"name": i.name, "enabled": i.enabled, "can_record": i.can_record, "max_meetings": i.max_meetings,
-                 "secrets": len(i.secrets), "meetings": self.meetings.count(i.name)} for i in self.integrations]
+                 "max_participants": i.max_participants, "limit_moderators": i.limit_moderators,
+                 "max_duration_minutes": i.max_duration_minutes, "rules": i.rules.to_doc(),
+                 "secrets": len(i.secrets), "meetings": meetings[i.name],
+                 "participants": policy.participants.count(i.name), "limit_hits": policy.hits_of(i.name)}
+                for i in self.integrations]
+
+    async def reset_global_rules(self) -> dict[str, Any]:
+        """Forget the global rules set at run time: the config file's apply again."""
+        await self.store.delete(META_TABLE, RULES_KEY)
+        self.global_rules = self.config.rules
+        assert self.gateway is not None
+        self.gateway.policy.set_global_rules(self.global_rules)
+        log.info("global rules reset to the config file's")
+        return self.rules_of(None)
+
+    def integration(self, name: str) -> IntegrationConfig:
+        found = next((i for i in self.integrations if i.name == name), None)
+        if found is None:
+            raise NotFound(f"no integration named {name!r}")
+        return found
+
+    def rules_of(self, name: str | None) -> dict[str, Any]:
+        """The rules of an integration (its own and those in force) or, for None, the global ones."""
+        assert self.gateway is not None
+        if name is None:
+            return {"rules": self.global_rules.to_doc()}
+        integration = self.integration(name)
+        return {"name": name, "rules": integration.rules.to_doc(),
+                "max_duration_minutes": integration.max_duration_minutes,
+                "effective": self.gateway.policy.rules_for(name).to_doc()}
+
+    async def change_rules(self, name: str | None, changes: dict[str, Any], *, replace: bool = False) -> dict[str, Any]:
+        """Set rules (``{call: {param: {op: value} | null}}``, null removing one) of an integration or, for
+        None, the global ones; ``replace`` drops the rules not given."""
+        if not isinstance(changes, dict):
+            raise ControlError("the rules must be a JSON object: {create|join: {parameter: {operation: value}}}")
+        current = self.global_rules if name is None else self.integration(name).rules
+        if replace:
+            current = EMPTY_RULES
+        doc = current.to_doc()
+        for call, params in changes.items():
+            if not isinstance(params, dict):
+                raise ControlError(f"{call}: must be an object of parameter: {{operation: value}}")
+            merged = dict(doc.get(call, {}))
+            for param, rule in params.items():
+                if rule is None:
+                    merged.pop(param, None)
+                else:
+                    merged[param] = rule
+            doc[call] = merged
+        try:
+            rules = parse_rules(doc)
+        except RuleError as exc:
+            raise ControlError(f"rules.{exc}") from None
+        if name is not None:
+            await self.put_integration({"name": name, "rules": rules.to_doc()})
+            return self.rules_of(name)
+        self.global_rules = rules
+        await self.store.put(META_TABLE, RULES_KEY, {"rules": rules.to_doc()})
+        assert self.gateway is not None
+        self.gateway.policy.set_global_rules(rules)
+        log.info("global rules changed")
+        return self.rules_of(None)
 
     async def put_integration(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Add an integration, or change one (secrets, rights, limit); ``default`` is the config's."""
-        spec = dict(spec)
-        name = spec.get("name")
-        current = next((i for i in self.integrations if i.name == name), None)
-        if current is not None:
-            merged: dict[str, Any] = {"name": current.name, "secret": current.secrets[0],
-                                      "enabled": current.enabled, "can_record": current.can_record,
-                                      "max_meetings": current.max_meetings}
-            if len(current.secrets) > 1:
-                merged["previous_secret"] = current.secrets[1]
-            merged.update({k: v for k, v in spec.items()})
-            spec = {k: v for k, v in merged.items() if v is not None}
+        current = next((i for i in self.integrations if i.name == spec.get("name")), None)
         try:
-            integration = read_integration(_Reader("request", spec, "integration"))
+            integration = parse_request(IntegrationConfig, spec,
+                                        defaults=current.model_dump() if current is not None else None)
         except ConfigError as exc:
             raise ControlError(str(exc)) from None
         for other in self.integrations:
@@ -294,8 +402,8 @@ class LoadBalancer:
                 raise ControlError(f"integration {other.name!r} uses that secret already")
         self.integrations = [i for i in self.integrations if i.name != integration.name] + [integration]
         await self.store.put(INTEGRATIONS_TABLE, integration.name, {
-            "secrets": list(integration.secrets), "enabled": integration.enabled,
-            "can_record": integration.can_record, "max_meetings": integration.max_meetings})
+            "secrets": list(integration.secrets),
+            **integration.model_dump(exclude={"name", "secret", "previous_secret"})})
         assert self.gateway is not None
         self.gateway.set_integrations(self.integrations)
         log.info("integration %s saved", integration.name)
