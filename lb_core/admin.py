@@ -28,6 +28,7 @@ from lb_core.config import AdminConfig, ConfigError, Flag, Model, parse_request
 from lb_core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from lb_core.metrics import LbMetrics
 from lb_core.pool import Status
+from lb_core.series import Series
 from lb_core.service import ControlError, LoadBalancer, NotFound
 
 log = logging.getLogger("bbb_lb.admin")
@@ -138,6 +139,9 @@ class AdminServer:
         self._static: dict[str, bytes] = {}
         self._runner: web.AppRunner | None = None
         self.port: int = admin.port
+        self.series = Series(admin.series_resolution_s, admin.series_points)
+        metrics.series = self.series  # fed by the answer path from now on
+        self._ticker: asyncio.Task[None] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -151,6 +155,7 @@ class AdminServer:
         api = [
             ("GET", "/api/status", self.status),
             ("GET", "/api/dashboard", self.dashboard_data),
+            ("GET", "/api/series", self.series_data),
             ("GET", "/api/servers", self.list_servers),
             ("POST", "/api/servers", self.add_server),
             ("DELETE", "/api/servers/{name}", self.remove_server),
@@ -185,13 +190,30 @@ class AdminServer:
             await runner.cleanup()
             raise
         self._runner = runner
+        self._ticker = asyncio.create_task(self._tick_series(), name="bbb-lb series")
         server = getattr(site, "_server", None)
         if server is not None and server.sockets:
             self.port = server.sockets[0].getsockname()[1]
         log.info("admin listener on http://%s:%d/ (dashboard at /dashboard, metrics at /metrics)",
                  self.admin.host, self.port)
 
+    async def _tick_series(self) -> None:
+        """Close a bucket of the dashboard's series on every step of the resolution's wall-clock grid."""
+        while True:
+            await asyncio.sleep(max(self.series.next_tick(time.time()) - time.time(), 0.0))
+            try:
+                self.series.tick(self.get_lb())
+            except Exception:  # a bad sample must not stop the history for good
+                log.exception("the dashboard's series could not be sampled")
+
     async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            try:
+                await self._ticker
+            except asyncio.CancelledError:
+                pass
+            self._ticker = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -281,6 +303,13 @@ class AdminServer:
         lb = self._lb()
         return json_response({"time": time.time(), "status": lb_status(lb), "servers": lb.list_servers(),
                               "integrations": lb.list_integrations(), "recent": self.metrics.recent_calls()})
+
+    async def series_data(self, request: web.Request) -> web.Response:
+        """The plots' history: per server load, participants and meetings; per call the answers and FAILED
+        answers per second (``rate(bbb_lb_requests_total[resolution])``); per integration its meetings and
+        participants beside its limits. Each list is one value per entry of ``times``, oldest first."""
+        self._lb()
+        return json_response(self.series.snapshot())
 
     async def list_servers(self, request: web.Request) -> web.Response:
         return json_response(self._lb().list_servers())

@@ -197,6 +197,8 @@ class AdminConfig(Model):
     host: Text = "127.0.0.1"
     port: Port | None = None  # the admin listener is off when unset
     token: Annotated[Text, Field(min_length=16)] | None = Field(None, repr=False)
+    series_resolution_s: Seconds(0.05) = 10.0  # one point of the dashboard's plots
+    series_points: Annotated[Count(2), Field(le=100_000)] = 360  # points kept per series: 360 x 10 s is the last hour
 
     @model_validator(mode="after")
     def _port_needs_token(self) -> AdminConfig:

@@ -24,6 +24,7 @@ from lb_core.rules import LIMIT_KINDS
 
 if TYPE_CHECKING:
     from lb_core.api import Answer
+    from lb_core.series import Series
     from lb_core.service import LoadBalancer
 
 # What prometheus_client.generate_latest writes (its CONTENT_TYPE_LATEST names a newer version).
@@ -31,6 +32,16 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MAX_SERIES = 1000  # of bbb_lb_requests_total: a client cannot grow memory or scrapes without bound through labels
 RECENT_CALLS = 20
+FAILED_MARK = b"<returncode>FAILED</returncode>"
+FAILED_HEAD_BYTES = 512  # the returncode opens every BBB answer: no need to read a large one further
+
+
+def answer_failed(answer: Answer) -> bool:
+    """A FAILED answer as an integration reads it: returncode FAILED (XML, or a JSON API's "FAILED"),
+    or an HTTP error. The ``result`` label cannot say it: it carries the messageKey, which SUCCESS
+    answers have too (duplicateWarning, noMeetings...)."""
+    return (answer.status >= 400 or answer.result == "FAILED"
+            or FAILED_MARK in answer.body[:FAILED_HEAD_BYTES])
 
 # One series per counter and histogram, as before: a ``_created`` twin of each doubles what Prometheus
 # stores from the text format for nothing it uses.
@@ -132,13 +143,17 @@ class LbMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("bbb_lb_requests_total", "API calls answered, by call and result.",
                                 ("call", "result"), registry=self.registry)
+        self.failed = Counter("bbb_lb_requests_failed_total", "API calls answered with returncode FAILED "
+                              "(or an HTTP error), by call.", ("call",), registry=self.registry)
         self.duration = Histogram("bbb_lb_request_duration_seconds", "Time from request to answer, by call.",
                                   ("call",), buckets=DURATION_BUCKETS, registry=self.registry)
         self.registry.register(LbCollector(get_lb))
         # The labelled children, looked up once: ``labels()`` validates and locks on every call.
         self._requests: dict[tuple[str, str], Any] = {}
         self._durations: dict[str, Any] = {}
+        self._failed: dict[str, Any] = {}
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_CALLS)
+        self.series: Series | None = None  # the dashboard's history, once the admin listener keeps one
 
     def observe(self, flow: object, answer: Answer, elapsed_ms: float) -> None:
         """An ``on_answer`` listener: called for every API answer, so a few dict look-ups and adds only."""
@@ -152,6 +167,14 @@ class LbMetrics:
         if histogram is None:
             histogram = self._durations[call] = self.duration.labels(call)
         histogram.observe(elapsed_ms / 1000)
+        failed = answer_failed(answer)
+        if failed:
+            failures = self._failed.get(call)
+            if failures is None:
+                failures = self._failed[call] = self.failed.labels(call)
+            failures.inc()
+        if self.series is not None:  # the same call and verdict as the counters' labels: the same meaning
+            self.series.count(call, failed)
         self.recent.append({"time": time.time(), "call": answer.call[:64], "integration": answer.integration,
                             "meeting_id": answer.meeting_id[:120], "server": answer.server, "result": result,
                             "status": answer.status, "ms": round(elapsed_ms, 1)})
