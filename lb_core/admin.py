@@ -34,7 +34,8 @@ from lb_core.service import ControlError, LoadBalancer, NotFound
 log = logging.getLogger("bbb_lb.admin")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-STATIC_FILES = {"dashboard.html": "text/html", "dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+STATIC_FILES = {"dashboard.html": "text/html", "dashboard.js": "text/javascript", "plots.js": "text/javascript",
+                "dashboard.css": "text/css"}
 COOKIE = "bbb_lb_admin"
 MAX_BODY = 64 * 1024
 SECURITY_HEADERS = {

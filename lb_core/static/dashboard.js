@@ -1,4 +1,4 @@
-// bbb-lb dashboard: polls /api/dashboard every 2 s and redraws its tables.
+// bbb-lb dashboard: polls /api/dashboard and /api/series every 2 s and redraws its tables and plots.
 // Everything from the API is put into the page as text (never as HTML): meeting IDs come from clients.
 "use strict";
 
@@ -122,13 +122,16 @@ function showError(text) {
 
 async function refresh() {
   try {
-    const response = await fetch("/api/dashboard", { credentials: "same-origin", cache: "no-store" });
-    if (response.status === 401) {
+    const ask = (path) => fetch(path, { credentials: "same-origin", cache: "no-store" });
+    const [response, seriesResponse] = await Promise.all([ask("/api/dashboard"), ask("/api/series")]);
+    if (response.status === 401 || seriesResponse.status === 401) {
       showError("Not signed in: open /dashboard?token=<admin.token> again.");
       return;
     }
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    if (!seriesResponse.ok) throw new Error(`HTTP ${seriesResponse.status}`);
     const data = await response.json();
+    window.bbbPlots.renderPlots(await seriesResponse.json());
     renderSummary(data.status);
     renderServers(data.servers);
     renderIntegrations(data.integrations || []);
