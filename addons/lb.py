@@ -32,6 +32,9 @@ class BbbLoadBalancer:
         self.store: Store | None = None  # opened (and locked) by ``bbb-lb run`` before the proxy starts
         self._starting: asyncio.Lock | None = None
         self.on_answer: list = []  # other addons (annotations, metrics) see each answer
+        self.in_flight = 0  # API calls being answered: a graceful stop waits for them
+        self.stopping = False  # set once the LB stops: a late call is refused, never starts it again
+        self._idle: asyncio.Event | None = None
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("bbb_config", str, "", "Path of the bbb-lb YAML configuration file.")
@@ -107,6 +110,35 @@ class BbbLoadBalancer:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
+        if self.stopping:
+            self.answer(flow, Answer.error(errors.stopping()), time.perf_counter())
+            return
+        self.in_flight += 1
+        try:
+            await self._request(flow)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight and self._idle is not None:
+                self._idle.set()
+
+    async def drained(self, timeout_s: float, quiet_s: float = 0.25) -> int:
+        """Wait until no API call has been answered for ``quiet_s`` (a connection accepted just before the
+        listener closed may not have sent its request yet), at most ``timeout_s``; answers how many still are."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (left := deadline - loop.time()) > 0:
+            if self.in_flight:
+                self._idle = asyncio.Event()
+                try:
+                    await asyncio.wait_for(self._idle.wait(), left)
+                except TimeoutError:
+                    break
+            await asyncio.sleep(min(quiet_s, max(deadline - loop.time(), 0)))
+            if not self.in_flight:
+                break
+        return self.in_flight
+
+    async def _request(self, flow: http.HTTPFlow) -> None:
         started = time.perf_counter()
         lb = await self.ensure_started()
         assert lb.gateway is not None
@@ -140,6 +172,7 @@ class BbbLoadBalancer:
             listener(flow, answer, elapsed_ms)
 
     async def done(self) -> None:
+        self.stopping = True
         if self.lb is not None:
             await self.lb.stop()
             self.lb = None

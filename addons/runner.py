@@ -29,6 +29,7 @@ from lb_core.store import StoreError, TinyDbStore
 REPO = Path(__file__).resolve().parent.parent
 SIMULATOR = REPO / "scripts" / "bbbsim.py"
 log = logging.getLogger("bbb_lb")
+DRAIN_TIMEOUT_S = 10.0  # on SIGTERM, for the calls being answered; the systemd unit's TimeoutStopSec is 20
 
 
 class StartError(Exception):
@@ -211,8 +212,17 @@ async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_
         opts.update(bbb_save_file=save_file, bbb_save_max_mb=str(save_max_mb), bbb_save_keep=save_keep,
                     bbb_mask_passwords=mask_passwords)
     loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal() -> None:
+        if stopping:  # a second SIGTERM or Ctrl-C: stop now
+            m.shutdown()
+            return
+        loop.set_exception_handler(_quiet_cancelled)
+        stopping.append(loop.create_task(stop_gracefully(m, lb), name="bbb-lb graceful stop"))
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, m.shutdown)
+        loop.add_signal_handler(sig, on_signal)
     try:
         await m.run()
     finally:  # a start given up after the store was opened still flushes and unlocks it
@@ -220,6 +230,29 @@ async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_
             await lb.lb.stop()
             lb.lb = None
         await store.close()
+
+
+async def stop_gracefully(m: master.Master, lb: BbbLoadBalancer) -> None:
+    """SIGTERM: listen no more, let the calls being answered finish (and their store writes with them),
+    then stop; the store is flushed and unlocked on the way out."""
+    log.info("stopping: no new connections, %d API calls being answered", lb.in_flight)
+    try:
+        proxy = m.addons.get("proxyserver")
+        if proxy is not None:
+            await proxy.servers.update([])  # closes the listening sockets; open connections go on
+        left = await lb.drained(DRAIN_TIMEOUT_S)
+        if left:
+            log.warning("stopping with %d API calls unanswered after %.0f s", left, DRAIN_TIMEOUT_S)
+    finally:
+        m.shutdown()
+
+
+def _quiet_cancelled(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+    """While stopping, idle client connections are cancelled; Python 3.11's streams log each as an error
+    with a traceback (3.12 does not). Anything else still goes to the default handler."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
 
 
 def run(config: Config, **kwargs: object) -> int:

@@ -101,5 +101,10 @@ def request_too_large() -> ApiError:
     return ApiError("requestTooLarge", "The request is larger than this server accepts.")
 
 
+def stopping() -> ApiError:
+    """A call that reaches bbb-lb after it finished answering on its way out (SIGTERM)."""
+    return ApiError("serverStopping", "The load balancer is stopping; try again in a moment.")
+
+
 def internal_error() -> ApiError:
     return ApiError("internalError", "An internal error occurred while handling this request.")
