@@ -84,7 +84,7 @@ def test_default_sets_only_an_absent_parameter():
 def test_override_replaces_in_place_and_keeps_every_other_byte():
     out = rewrite({"record": {"override": "false"}}, "name=Caf%C3%A9+%28x%29&record=true&a=it's*&record=TRUE")
     assert out.query.text == "name=Caf%C3%A9+%28x%29&record=false&a=it's*"
-    assert out.changed == ("record",)
+    assert out.changed == (("record", "false"),)
     assert rewrite({"record": {"override": "false"}}, "record=false").changed == ()
 
 
