@@ -18,6 +18,7 @@ from lb_core.api import API_PREFIX, Answer, Request
 from lb_core.config import UPLOAD_CALLS
 from lb_core.errors import ApiError, request_too_large
 from lb_core.service import LoadBalancer
+from lb_core.store import Store
 
 log = logging.getLogger("bbb_lb.api")
 
@@ -28,6 +29,7 @@ class BbbLoadBalancer:
     def __init__(self) -> None:
         self.config: lb_config.Config | None = None
         self.lb: LoadBalancer | None = None
+        self.store: Store | None = None  # opened (and locked) by ``bbb-lb run`` before the proxy starts
         self._starting: asyncio.Lock | None = None
         self.on_answer: list = []  # other addons (annotations, metrics) see each answer
 
@@ -55,7 +57,7 @@ class BbbLoadBalancer:
         self._starting = self._starting or asyncio.Lock()
         async with self._starting:
             if self.lb is None:
-                self.lb = await LoadBalancer.start(self.config, poll=ctx.options.bbb_poll)
+                self.lb = await LoadBalancer.start(self.config, self.store, poll=ctx.options.bbb_poll)
         return self.lb
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:

@@ -240,6 +240,7 @@ class CallbacksConfig(Model):
 
 class EventsConfig(Model):
     enabled: Flag = True
+    retention_days: Number = 90.0  # 0: kept forever
 
 
 class CacheConfig(Model):
@@ -395,6 +396,10 @@ class Config(Model):
     @cached_property
     def record_events(self) -> bool:
         return self.events.enabled
+
+    @cached_property
+    def events_retention_days(self) -> float:
+        return self.events.retention_days
 
     @cached_property
     def running_cache_s(self) -> float:

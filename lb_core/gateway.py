@@ -964,7 +964,7 @@ class Gateway:
             query = parse_query(call.pairs)
         except EventQueryError as exc:
             raise errors.invalid_parameter(str(exc)) from None
-        found = self.events.query(call.integration.name, query)
+        found = await self.events.query(call.integration.name, query)
         info.result = "SUCCESS"
         body = bbbxml.success([("events", [("event", e.to_xml_fields()) for e in found])])
         return _with_info(Answer.xml(body), info)

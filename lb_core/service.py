@@ -76,7 +76,7 @@ class LoadBalancer:
         self.store = store
         self.pool = Pool(list(config.servers))
         self.meetings = MeetingRegistry(store)
-        self.events = EventLog(store, config.record_events)
+        self.events = EventLog(store, config.record_events, config.events_retention_days)
         self.backend: BackendClient | None = None
         self.gateway: Gateway | None = None
         self.monitor: Monitor | None = None
@@ -146,6 +146,7 @@ class LoadBalancer:
             await self.callbacks.close()
         if self.backend is not None:
             await self.backend.close()
+        await self.events.close()
         await self.store.close()
         log.info("bbb-lb stopped")
 
