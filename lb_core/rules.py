@@ -402,29 +402,29 @@ def rewrite_call(call: Call, rules: RuleSet) -> Call:
 class Policy:
     """What the create and join handlers consult: each integration's rules in force, its participants,
     and the calls its limits refused (for /metrics and the dashboard). No I/O; operators' changes go
-    through ``set_integrations`` and ``set_global_rules``."""
+    to the global rules through ``set_global_rules``; an integration's own come with it (the frozen
+    IntegrationConfig a call carries), so nothing here needs telling when an integration changes."""
 
     def __init__(self, global_rules: RuleSet = EMPTY) -> None:
         self.global_rules = global_rules
         self.participants = ParticipantCounter()
         self.limit_hits: Counter[tuple[str, str]] = Counter()  # (integration, kind) -> refusals
-        self._integrations: list[IntegrationConfig] = []
-        self._rules: dict[str, RuleSet] = {}
-
-    def set_integrations(self, integrations: Iterable[IntegrationConfig]) -> None:
-        self._integrations = list(integrations)
-        self._rules = {i.name: effective(self.global_rules, i.own_rules) for i in self._integrations}
+        self._rules: dict[str, tuple[IntegrationConfig, RuleSet]] = {}  # name -> (as of, rules in force)
 
     def set_global_rules(self, rules: RuleSet) -> None:
         self.global_rules = rules
-        self.set_integrations(self._integrations)
+        self._rules.clear()
 
-    def rules_for(self, integration: str) -> RuleSet:
-        return self._rules.get(integration, EMPTY)
+    def rules_for(self, integration: IntegrationConfig) -> RuleSet:
+        """Its rules in force, worked out once per version of the integration (a changed one is a new object)."""
+        cached = self._rules.get(integration.name)
+        if cached is None or cached[0] is not integration:
+            cached = self._rules[integration.name] = (integration, effective(self.global_rules, integration.own_rules))
+        return cached[1]
 
     def rewrite(self, call: Call) -> Call:
         """The call as its integration's rules make it (the same object when none applies)."""
-        return rewrite_call(call, self._rules.get(call.integration.name, EMPTY))
+        return rewrite_call(call, self.rules_for(call.integration))
 
     def refused(self, integration: str, kind: str, error: ApiError) -> ApiError:
         """Count a refusal by one of the integration's limits (``kind`` in LIMIT_KINDS) and answer it."""
