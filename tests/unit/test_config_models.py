@@ -53,6 +53,7 @@ def test_every_section_is_a_model_and_refuses_unknown_keys():
     ({"callbacks": {"retry_delays_s": []}}, "callbacks.retry_delays_s: must not be empty"),
     ({"callbacks": {"retry_delays_s": [1, -2]}}, "callbacks.retry_delays_s[1]: must be at least 0"),
     ({"events": {"enabled": "yes"}}, "events.enabled: must be true or false"),
+    ({"events": {"retention_days": -1}}, "events.retention_days: must be at least 0"),
     ({"callbacks": {"max_per_host": 0}}, "callbacks.max_per_host: must be at least 1"),
     ({"callbacks": {"timeout_s": 0.01}}, "callbacks.timeout_s: must be at least 0.1"),
     ({"callbacks": {"allowed_networks": ["10.0.0.0/33"]}},
