@@ -71,6 +71,7 @@ __all__ = ["ConfigError", "KeyProblem", "Model", "Flag", "parse_request", "valid
 DISABLE_STATES = {"enabled": 0, "disabled": 1, "auto": 3}
 DEFAULT_RETRY_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
+
 def _rules(value: Any) -> RuleSet:
     try:
         return parse_rules(value)

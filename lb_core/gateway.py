@@ -144,8 +144,8 @@ class Gateway:
         # recordID -> (server name, owning integration), learned from creates and recording listings.
         self.recordings: LruCache[str, tuple[str, str]] = LruCache(RECORDINGS_CACHE_MAX)
         self._secrets: list[tuple[str, IntegrationConfig]] = []
-        self.policy = Policy(config.rules)  # rules, participant counts, refusals by limit
         self.set_integrations(list(config.integrations))
+        self.policy = Policy(config.rules)  # rules, participant counts, refusals by limit
         self._handlers: dict[str, Callable[[Call, Answer], Awaitable[Answer]]] = {
             "create": self.create,
             "join": self.join,
@@ -178,7 +178,6 @@ class Gateway:
     def set_integrations(self, integrations: list[IntegrationConfig]) -> None:
         self.integrations = {i.name: i for i in integrations}
         self._secrets = [(secret, i) for i in integrations for secret in i.secrets]
-        self.policy.set_integrations(integrations)
 
     # --- entry point ---------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_plus
 
 from lb_core.query import RawQuery, encode_value
 
@@ -222,8 +223,18 @@ def _result(rule: Rule, values: list[str]) -> str | None:
     return ",".join(dict.fromkeys([*items, *rule.value]))
 
 
-def _key(part: str) -> str:
-    return _match_key(RawQuery((part,)).pairs()[0][0]) if part else ""
+def _decode(text: str) -> str:
+    """As RawQuery decodes a key or value; most keys need no decoding at all."""
+    return unquote_plus(text, errors="replace") if "%" in text or "+" in text else text
+
+
+def _keyed(parts: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """(part, the key rules match it by, raw value) for each part; empty parts keep an empty key."""
+    keyed = []
+    for part in parts:
+        key, _, value = part.partition("=")
+        keyed.append((part, _match_key(_decode(key)) if part else "", value))
+    return keyed
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +243,7 @@ class Rewrite:
 
     query: RawQuery
     body: bytes | None
-    changed: tuple[str, ...]
+    changed: tuple[tuple[str, str | None], ...]  # (parameter, its value now or None when removed)
 
 
 def apply(rules: Mapping[str, Rule], query: RawQuery, form: RawQuery | None = None) -> Rewrite:
@@ -241,15 +252,16 @@ def apply(rules: Mapping[str, Rule], query: RawQuery, form: RawQuery | None = No
     The value a rule sees is the call's, wherever it came from (query first, then form, as bbb-web
     reads them). A touched parameter is written into the query once, where it first appeared, and
     removed from the form; a parameter that ends as it was, written once, is not touched at all.
+    Each key is decoded once; values only of the parameters that have a rule.
     """
     if not rules:
         return Rewrite(query, None, ())
-    form_parts = form.parts if form is not None else ()
+    in_query = _keyed(query.parts)
+    in_form = _keyed(form.parts) if form is not None else []
     found: dict[str, list[str]] = {}
-    for key, value in [*query.pairs(), *(form.pairs() if form is not None else [])]:
-        match = _match_key(key)
+    for _, match, value in (*in_query, *in_form):
         if match in rules:
-            found.setdefault(match, []).append(value)
+            found.setdefault(match, []).append(_decode(value))
     changes: dict[str, str | None] = {}
     for match, rule in rules.items():
         values = found.get(match, [])
@@ -263,8 +275,7 @@ def apply(rules: Mapping[str, Rule], query: RawQuery, form: RawQuery | None = No
         return Rewrite(query, None, ())
     parts: list[str] = []
     written: set[str] = set()
-    for part in query.parts:
-        match = _key(part)
+    for part, match, _ in in_query:
         if match not in changes:
             parts.append(part)
             continue
@@ -275,9 +286,9 @@ def apply(rules: Mapping[str, Rule], query: RawQuery, form: RawQuery | None = No
         if match not in written and after is not None:
             parts.append(f"{encode_value(rules[match].param)}={encode_value(after)}")
     body = None
-    if form is not None and any(_key(p) in changes for p in form_parts):
-        body = "&".join(p for p in form_parts if _key(p) not in changes).encode()
-    return Rewrite(RawQuery(tuple(parts)), body, tuple(rules[m].param for m in changes))
+    if any(match in changes for _, match, _ in in_form):
+        body = "&".join(part for part, match, _ in in_form if match not in changes).encode()
+    return Rewrite(RawQuery(tuple(parts)), body, tuple((rules[m].param, after) for m, after in changes.items()))
 
 
 def effective(global_rules: RuleSet, own: RuleSet) -> RuleSet:
@@ -382,38 +393,38 @@ def rewrite_call(call: Call, rules: RuleSet) -> Call:
     if not rewrite.changed:
         return call
     body = rewrite.body if rewrite.body is not None else call.body
-    pairs = rewrite.query.pairs()
-    if body and call.content_type == FORM:
-        pairs += [p for p in RawQuery.parse(body.decode("utf-8")).pairs() if p[0] != "checksum"]
+    changed = {_match_key(param) for param, _ in rewrite.changed}
+    pairs = [pair for pair in call.pairs if _match_key(pair[0]) not in changed]
+    pairs += [(param, value) for param, value in rewrite.changed if value is not None]
     return replace(call, query=rewrite.query, pairs=pairs, body=body or None)
 
 
 class Policy:
     """What the create and join handlers consult: each integration's rules in force, its participants,
     and the calls its limits refused (for /metrics and the dashboard). No I/O; operators' changes go
-    through ``set_integrations`` and ``set_global_rules``."""
+    to the global rules through ``set_global_rules``; an integration's own come with it (the frozen
+    IntegrationConfig a call carries), so nothing here needs telling when an integration changes."""
 
     def __init__(self, global_rules: RuleSet = EMPTY) -> None:
         self.global_rules = global_rules
         self.participants = ParticipantCounter()
         self.limit_hits: Counter[tuple[str, str]] = Counter()  # (integration, kind) -> refusals
-        self._integrations: list[IntegrationConfig] = []
-        self._rules: dict[str, RuleSet] = {}
-
-    def set_integrations(self, integrations: Iterable[IntegrationConfig]) -> None:
-        self._integrations = list(integrations)
-        self._rules = {i.name: effective(self.global_rules, i.own_rules) for i in self._integrations}
+        self._rules: dict[str, tuple[IntegrationConfig, RuleSet]] = {}  # name -> (as of, rules in force)
 
     def set_global_rules(self, rules: RuleSet) -> None:
         self.global_rules = rules
-        self.set_integrations(self._integrations)
+        self._rules.clear()
 
-    def rules_for(self, integration: str) -> RuleSet:
-        return self._rules.get(integration, EMPTY)
+    def rules_for(self, integration: IntegrationConfig) -> RuleSet:
+        """Its rules in force, worked out once per version of the integration (a changed one is a new object)."""
+        cached = self._rules.get(integration.name)
+        if cached is None or cached[0] is not integration:
+            cached = self._rules[integration.name] = (integration, effective(self.global_rules, integration.own_rules))
+        return cached[1]
 
     def rewrite(self, call: Call) -> Call:
         """The call as its integration's rules make it (the same object when none applies)."""
-        return rewrite_call(call, self._rules.get(call.integration.name, EMPTY))
+        return rewrite_call(call, self.rules_for(call.integration))
 
     def refused(self, integration: str, kind: str, error: ApiError) -> ApiError:
         """Count a refusal by one of the integration's limits (``kind`` in LIMIT_KINDS) and answer it."""

@@ -106,7 +106,7 @@ class LoadBalancer:
             self.locator = await asyncio.to_thread(GeoLocator, self.config.geo.database)
         self.gateway = Gateway(self.config, self.pool, self.meetings, self.events, self.backend, self.instance_id,
                                locate=self.locator.locate if self.locator is not None else None)
-        self.gateway.policy.global_rules = self.global_rules
+        self.gateway.policy.set_global_rules(self.global_rules)
         self.gateway.set_integrations(self.integrations)
         self.callbacks = Callbacks(self.store, self.backend, self.pool, self.config.public_url,
                                    lambda: self.gateway.integrations if self.gateway else {},
@@ -354,7 +354,7 @@ class LoadBalancer:
         integration = self.integration(name)
         return {"name": name, "rules": integration.rules.to_doc(),
                 "max_duration_minutes": integration.max_duration_minutes,
-                "effective": self.gateway.policy.rules_for(name).to_doc()}
+                "effective": self.gateway.policy.rules_for(integration).to_doc()}
 
     async def change_rules(self, name: str | None, changes: dict[str, Any], *, replace: bool = False) -> dict[str, Any]:
         """Set rules (``{call: {param: {op: value} | null}}``, null removing one) of an integration or, for

@@ -335,3 +335,20 @@ async def test_each_operation_on_join(lb_factory, sim, operation, redirect):
     backend_join = [r for r in sim.requests("bbb1") if r["call"] == "join"][-1]
     assert backend_join["checksum_ok"]
     assert backend_join["raw_query"].rsplit("&checksum=", 1)[0] == expected(JOIN_HEAD, given, result, tail)
+
+
+async def test_the_lb_itself_reads_the_call_as_rewritten(lb_factory, sim):
+    """can_record, redirect and role are read after the rules, as the backend will read them."""
+    lb = await lb_factory(servers=[0], integrations=moodle(
+        can_record=False, max_participants=1, limit_moderators=False,
+        rules={"create": {"record": {"override": "false"}},
+               "join": {"redirect": {"override": "false"}, "role": {"block": True}}}))
+    created = await lb.call("create", {"meetingID": "rw", "name": "Rewritten", "record": "true",
+                                       "attendeePW": "ap", "moderatorPW": "mp"}, secret="moodle-secret")
+    assert created.field("returncode") == "SUCCESS", created.text  # record=false once rewritten: allowed
+    joined = await lb.call("join", {"meetingID": "rw", "fullName": "A", "password": "ap"}, secret="moodle-secret")
+    assert joined.status == 200 and joined.field("messageKey") == "successfullyJoined"  # proxied, not 302
+    # role=MODERATOR is blocked, so this attendee is no moderator and the limit of 1 holds.
+    second = await lb.call("join", {"meetingID": "rw", "fullName": "B", "password": "ap", "role": "MODERATOR"},
+                           secret="moodle-secret")
+    assert second.field("messageKey") == "permissionDenied"

@@ -10,6 +10,7 @@ from lb_core.query import RawQuery
 from lb_core.rules import (
     EMPTY,
     ParticipantCounter,
+    Policy,
     Rule,
     RuleError,
     apply,
@@ -84,7 +85,7 @@ def test_default_sets_only_an_absent_parameter():
 def test_override_replaces_in_place_and_keeps_every_other_byte():
     out = rewrite({"record": {"override": "false"}}, "name=Caf%C3%A9+%28x%29&record=true&a=it's*&record=TRUE")
     assert out.query.text == "name=Caf%C3%A9+%28x%29&record=false&a=it's*"
-    assert out.changed == ("record",)
+    assert out.changed == (("record", "false"),)
     assert rewrite({"record": {"override": "false"}}, "record=false").changed == ()
 
 
@@ -194,3 +195,16 @@ def test_only_ruled_parameters_change_and_a_second_pass_changes_nothing(parts, r
         assert sum(1 for p in out.query.parts if key(p) == match) <= 1
     again = apply(rules, out.query)
     assert again.query == out.query and not again.changed
+
+
+def test_the_policy_follows_changed_integrations_and_global_rules():
+    from lb_core.config import IntegrationConfig
+
+    policy = Policy(parse_rules({"create": {"welcome": {"default": "G"}}}))
+    moodle = IntegrationConfig(name="moodle", secret="s" * 8, max_duration_minutes=30)
+    assert policy.rules_for(moodle).to_doc() == {"create": {"welcome": {"default": "G"}, "duration": {"max": 30}}}
+    changed = IntegrationConfig(name="moodle", secret="s" * 8, max_duration_minutes=30,
+                                rules={"create": {"welcome": {"block": True}}})  # as the admin API makes it
+    assert policy.rules_for(changed).create["welcome"].operation == "block"
+    policy.set_global_rules(EMPTY)
+    assert policy.rules_for(changed).to_doc() == {"create": {"welcome": {"block": True}, "duration": {"max": 30}}}
