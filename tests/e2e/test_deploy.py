@@ -150,7 +150,9 @@ def test_the_units_pass_systemd_analyze_verify_and_are_hardened(tmp_path):
         assert settings["ProtectSystem"] == ["strict"]
         command = shlex.split(settings["ExecStart"][0])
         assert command[:4] == [INSTALLED_BINARY, "run", "--config", INSTALLED_CONFIG]
-    assert shlex.split(unit_settings(UNITS[1])["ExecStart"][0])[4:] == ["--workers", "%i"]
+    workers = unit_settings(UNITS[1])
+    assert shlex.split(workers["ExecStart"][0])[4:] == ["--workers", "%i"]
+    assert workers["KillMode"] == ["mixed"]  # the supervisor alone gets SIGTERM and passes it on once
     # systemd's own score of the sandbox: 0 is locked down, 10 is none at all ("OK" is below 4).
     for copy in copies:
         scored = subprocess.run([tool, "security", "--offline=yes", "--no-pager", str(copy)], capture_output=True,
