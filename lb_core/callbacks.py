@@ -21,13 +21,13 @@ from urllib.parse import parse_qsl
 
 from lb_core import bbbxml, errors, jwt
 from lb_core.api import CALLBACK_PREFIX, Answer, Call, Request
-from lb_core.backend import BackendClient
-from lb_core.config import IntegrationConfig
+from lb_core.integrations import Integrations
 from lb_core.meetings import MeetingRecord
 from lb_core.outbound import DeliveryFailed, OutboundClient, TargetRefused, describe_target
 from lb_core.pool import Pool
 from lb_core.query import RawQuery, encode_value
 from lb_core.store import Store
+from lb_core.trace import Trace
 
 log = logging.getLogger("bbb_lb.callbacks")
 
@@ -49,18 +49,17 @@ class PendingCallback:
     url: str
 
 
-def _xml_answer(status: int, key: str, message: str) -> Answer:
-    body = bbbxml.failed(key, message) if status >= 400 else bbbxml.success([("message", message)])
-    return Answer.xml(body, status, call="callback", route="local", result=key)
+# What the LB answers BBB's call: HTTP status, messageKey, message.
+Outcome = tuple[int, str, str]
 
 
 class Callbacks:
-    def __init__(self, store: Store, backend: BackendClient, pool: Pool, public_url: str,
-                 integrations: Callable[[], dict[str, IntegrationConfig]],
+    def __init__(self, store: Store, pool: Pool, public_url: str, integrations: Integrations,
                  meeting_ended: Callable[[str, str, str], Awaitable[bool]],
                  retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S, *, outbound: OutboundClient) -> None:
+        """``meeting_ended``: asks the meeting's server whether it ended, and forgets it if so
+        (``MeetingLifecycle.meeting_ended``)."""
         self.store = store
-        self.backend = backend
         self.outbound = outbound  # the integrations' own pool: never the backend one
         self.pool = pool
         self.public_url = public_url.rstrip("/")
@@ -115,17 +114,23 @@ class Callbacks:
 
     # --- BBB calls the LB ----------------------------------------------------------------------------
 
-    async def handle(self, request: Request) -> Answer:
+    async def handle(self, request: Request, trace: Trace) -> Answer:
+        status, key, message = await self._handle(request)
+        trace.call, trace.result = "callback", key
+        body = bbbxml.failed(key, message) if status >= 400 else bbbxml.success([("message", message)])
+        return Answer.xml(body, status)
+
+    async def _handle(self, request: Request) -> Outcome:
         rest = request.path[len(CALLBACK_PREFIX):]
         kind, _, token = rest.partition("/")
         doc = await self.store.get(CALLBACKS_TABLE, token) if token and "/" not in token else None
         if doc is None or doc.get("kind") != kind:
-            return _xml_answer(404, "notFound", "Unknown callback.")
+            return (404, "notFound", "Unknown callback.")
         if kind == "end":
             return await self._end(doc, token, request)
         return await self._recording_ready(doc, request)
 
-    async def _end(self, doc: dict[str, Any], token: str, request: Request) -> Answer:
+    async def _end(self, doc: dict[str, Any], token: str, request: Request) -> Outcome:
         """Anyone who saw the meeting's metadata knows this URL: the server must confirm the end first.
 
         Unconfirmed, nothing is forgotten or relayed and the token stays for the real callback. The
@@ -134,7 +139,7 @@ class Callbacks:
         if not await self.meeting_ended(doc["integration"], doc["meeting_id"], doc["server"]):
             log.warning("end callback for meeting %s of %s not confirmed by %s: ignored", doc["meeting_id"],
                         doc["integration"], doc["server"])
-            return _xml_answer(409, "notEnded", "The meeting's server does not confirm that it ended.")
+            return (409, "notEnded", "The meeting's server does not confirm that it ended.")
         marks = dict(parse_qsl(request.raw_query)).get("recordingmarks", "")
         query = "meetingID=" + encode_value(doc["meeting_id"])
         if marks in ("true", "false"):
@@ -144,25 +149,25 @@ class Callbacks:
         await self._deliver_later({"method": "GET", "url": url, "integration": doc["integration"],
                                    "what": "end callback"})
         await self.store.delete(CALLBACKS_TABLE, token)
-        return _xml_answer(200, "SUCCESS", "Callback received.")
+        return (200, "SUCCESS", "Callback received.")
 
-    async def _recording_ready(self, doc: dict[str, Any], request: Request) -> Answer:
+    async def _recording_ready(self, doc: dict[str, Any], request: Request) -> Outcome:
         fields = dict(parse_qsl(request.body.decode("utf-8", "replace"))) if request.body else {}
         token = fields.get("signed_parameters") or dict(parse_qsl(request.raw_query)).get("signed_parameters", "")
         server = self.pool.get(doc["server"])
         if not token or server is None:
-            return _xml_answer(401, "invalidSignature", "The callback is not signed by the meeting's server.")
+            return (401, "invalidSignature", "The callback is not signed by the meeting's server.")
         try:
             payload = jwt.decode(token, [server.config.secret])
         except jwt.JwtError:
-            return _xml_answer(401, "invalidSignature", "The callback is not signed by the meeting's server.")
+            return (401, "invalidSignature", "The callback is not signed by the meeting's server.")
         if payload.get("meeting_id") != doc["meeting_id"]:
-            return _xml_answer(401, "invalidSignature", "The callback is for another meeting.")
+            return (401, "invalidSignature", "The callback is for another meeting.")
         await self._deliver_later({
             "method": "POST", "url": doc["url"], "integration": doc["integration"], "what": "recording-ready",
             "payload": {"meeting_id": doc["meeting_id"], "record_id": payload.get("record_id", "")},
         })
-        return _xml_answer(200, "SUCCESS", "Callback received.")
+        return (200, "SUCCESS", "Callback received.")
 
     # --- the LB calls the integration ----------------------------------------------------------------
 
@@ -213,7 +218,7 @@ class Callbacks:
         try:
             if delivery["method"] == "GET":
                 return await self.outbound.send(delivery["url"]), ""
-            integration = self.integrations().get(delivery["integration"])
+            integration = self.integrations.get(delivery["integration"])
             if integration is None:
                 return 410, ""
             signed = jwt.encode(delivery["payload"], integration.secrets[0], "HS256")

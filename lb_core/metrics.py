@@ -15,11 +15,11 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from lb_core.api import KNOWN_CALLS
+from lb_core.handlers import CALLS
 
 if TYPE_CHECKING:
-    from lb_core.api import Answer
     from lb_core.service import LoadBalancer
+    from lb_core.trace import Handled
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -225,18 +225,19 @@ class LbMetrics:
         self.meeting_events = r.register(Gauge("bbb_lb_meeting_events", "Meeting events kept for getMeetingEvents."))
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_CALLS)
 
-    def observe(self, flow: object, answer: Answer, elapsed_ms: float) -> None:
+    def observe(self, flow: object, handled: Handled, elapsed_ms: float) -> None:
         """An ``on_answer`` listener: called for every API answer, so a few dict updates only."""
-        call = answer.call if answer.call in KNOWN_CALLS or answer.call == "version" else "other"
-        result = (answer.result or str(answer.status))[:64]
+        trace = handled.trace
+        call = trace.call if trace.call in CALLS or trace.call == "version" else "other"
+        result = handled.result[:64]
         key = (call, result)
         if len(self.requests) >= MAX_SERIES and not self.requests.has(key):
             key = (call, "other")
         self.requests.inc(key)
         self.duration.observe(elapsed_ms / 1000, (call,))
-        self.recent.append({"time": time.time(), "call": answer.call[:64], "integration": answer.integration,
-                            "meeting_id": answer.meeting_id[:120], "server": answer.server, "result": result,
-                            "status": answer.status, "ms": round(elapsed_ms, 1)})
+        self.recent.append({"time": time.time(), "call": trace.call[:64], "integration": trace.integration,
+                            "meeting_id": trace.meeting_id[:120], "server": trace.server, "result": result,
+                            "status": handled.answer.status, "ms": round(elapsed_ms, 1)})
 
     def recent_calls(self) -> list[dict[str, Any]]:
         """Newest first."""

@@ -17,27 +17,33 @@ from lb_core.config import (
     DISABLE_STATES,
     Config,
     ConfigError,
-    IntegrationConfig,
     ServerConfig,
     _Reader,
     read_integration,
     read_server,
 )
 from lb_core.events import EventLog
+from lb_core.forwarding import Forwarder
 from lb_core.gateway import Gateway
 from lb_core.geo import GeoLocator, fill_geoloc
+from lb_core.handlers.context import Services
+from lb_core.integrations import Integrations
+from lb_core.lifecycle import MeetingLifecycle
+from lb_core.listings import ListingsCache
 from lb_core.meetings import MeetingRegistry
 from lb_core.monitor import Monitor
 from lb_core.outbound import OutboundClient, own_ports
+from lb_core.placement import Placer
 from lb_core.pool import DisableState, Pool
 from lb_core.query import encode_value
+from lb_core.recording_index import RecordingIndex
 from lb_core.store import Store, TinyDbStore
+from lb_core.verify import Verifier
 
 log = logging.getLogger("bbb_lb")
 
 META_TABLE = "meta"
 SERVERS_TABLE = "servers"
-INTEGRATIONS_TABLE = "integrations"
 
 
 class ControlError(Exception):
@@ -57,12 +63,13 @@ class LoadBalancer:
         self.pool = Pool(list(config.servers))
         self.meetings = MeetingRegistry(store)
         self.events = EventLog(store, config.record_events)
+        self.integrations = Integrations(config.integrations, store)
         self.backend: BackendClient | None = None
+        self.lifecycle: MeetingLifecycle | None = None
         self.gateway: Gateway | None = None
         self.monitor: Monitor | None = None
         self.callbacks: Callbacks | None = None
         self.instance_id = ""
-        self.integrations: list[IntegrationConfig] = list(config.integrations)
         self.locator: GeoLocator | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -73,27 +80,33 @@ class LoadBalancer:
         return lb
 
     async def _start(self, poll: bool) -> None:
+        """Each part is built once its dependencies exist: nothing is wired in afterwards."""
+        config = self.config
         await self.store.open()
         self.instance_id = await self._instance_id()
         await self.meetings.load()
         await self.events.load()
         await self._apply_overrides()
-        self.backend = BackendClient(self.config.backend_timeout_s, self.config.backend_connect_timeout_s,
-                                     self.config.max_body_bytes)
-        if self.config.geo.database:
-            self.locator = await asyncio.to_thread(GeoLocator, self.config.geo.database)
-        self.gateway = Gateway(self.config, self.pool, self.meetings, self.events, self.backend, self.instance_id,
-                               locate=self.locator.locate if self.locator is not None else None)
-        self.gateway.set_integrations(self.integrations)
-        self.callbacks = Callbacks(self.store, self.backend, self.pool, self.config.public_url,
-                                   lambda: self.gateway.integrations if self.gateway else {},
-                                   self.gateway.meeting_ended, self.config.callback_retry_delays_s,
-                                   outbound=OutboundClient(self.config.callbacks, own_ports(self.config),
-                                                           self.config.public_url))
-        self.gateway.callbacks = self.callbacks
+        await self.integrations.load()
+        backend = self.backend = BackendClient(config.backend_timeout_s, config.backend_connect_timeout_s,
+                                               config.max_body_bytes)
+        if config.geo.database:
+            self.locator = await asyncio.to_thread(GeoLocator, config.geo.database)
+        forwarder = Forwarder(config, self.pool, backend)
+        listings = ListingsCache(config, self.pool, forwarder)
+        recordings = RecordingIndex(self.pool)
+        lifecycle = self.lifecycle = MeetingLifecycle(config, self.pool, self.meetings, self.events, backend,
+                                                      listings, recordings)
+        self.callbacks = Callbacks(self.store, self.pool, config.public_url, self.integrations,
+                                   lifecycle.meeting_ended, config.callback_retry_delays_s,
+                                   outbound=OutboundClient(config.callbacks, own_ports(config), config.public_url))
+        placer = Placer(config, self.pool, self.meetings, self.locator.locate if self.locator is not None else None)
+        services = Services(config, self.pool, self.meetings, self.events, backend, forwarder, listings, recordings,
+                            lifecycle, placer, self.callbacks, self.instance_id)
+        self.gateway = Gateway(config, Verifier(config, self.integrations), services, self.callbacks)
         await self.callbacks.resume()
-        self.monitor = Monitor(self.config, self.pool, self.meetings, self.backend, self.gateway.forget,
-                               after_poll=self._after_poll, on_listing=self.gateway.remember_listing)
+        self.monitor = Monitor(config, self.pool, self.meetings, backend, lifecycle.forget,
+                               after_poll=self._after_poll, on_listing=listings.remember)
         if poll:
             self.monitor.start()
         self._background(fill_geoloc(self.locator, self.pool))
@@ -152,13 +165,6 @@ class LoadBalancer:
             if server is not None:
                 server.disable_state = DisableState(doc.get("disable_state", server.disable_state))
                 server.draining = bool(doc.get("draining", False))
-        self.integrations = list(self.config.integrations)
-        for name, doc in (await self.store.all(INTEGRATIONS_TABLE)).items():
-            self.integrations = [i for i in self.integrations if i.name != name]
-            if not doc.get("removed"):
-                self.integrations.append(IntegrationConfig(
-                    name=name, secrets=tuple(doc["secrets"]), enabled=doc.get("enabled", True),
-                    can_record=doc.get("can_record", True), max_meetings=doc.get("max_meetings")))
 
     async def _save_server(self, name: str, *, removed: bool = False) -> None:
         server = self.pool.get(name)
@@ -251,10 +257,10 @@ class LoadBalancer:
                 "meetings_forgotten": forgotten}
 
     async def _forget_meetings_on(self, name: str) -> int:
-        assert self.gateway is not None
+        assert self.lifecycle is not None
         records = self.meetings.on_server(name)
         for record in records:
-            await self.gateway.forget(record)
+            await self.lifecycle.forget(record)
         return len(records)
 
     async def _after_poll(self, server) -> None:  # type: ignore[no-untyped-def]
@@ -275,7 +281,7 @@ class LoadBalancer:
         """Add an integration, or change one (secrets, rights, limit); ``default`` is the config's."""
         spec = dict(spec)
         name = spec.get("name")
-        current = next((i for i in self.integrations if i.name == name), None)
+        current = self.integrations.get(name) if isinstance(name, str) else None
         if current is not None:
             merged: dict[str, Any] = {"name": current.name, "secret": current.secrets[0],
                                       "enabled": current.enabled, "can_record": current.can_record,
@@ -291,22 +297,14 @@ class LoadBalancer:
         for other in self.integrations:
             if other.name != integration.name and set(other.secrets) & set(integration.secrets):
                 raise ControlError(f"integration {other.name!r} uses that secret already")
-        self.integrations = [i for i in self.integrations if i.name != integration.name] + [integration]
-        await self.store.put(INTEGRATIONS_TABLE, integration.name, {
-            "secrets": list(integration.secrets), "enabled": integration.enabled,
-            "can_record": integration.can_record, "max_meetings": integration.max_meetings})
-        assert self.gateway is not None
-        self.gateway.set_integrations(self.integrations)
+        await self.integrations.put(integration)
         log.info("integration %s saved", integration.name)
         return next(i for i in self.list_integrations() if i["name"] == integration.name)
 
     async def remove_integration(self, name: str) -> dict[str, Any]:
         if name == "default":
             raise ControlError("the default integration is the config's top-level secret; change it there")
-        if not any(i.name == name for i in self.integrations):
+        if name not in self.integrations:
             raise NotFound(f"no integration named {name!r}")
-        self.integrations = [i for i in self.integrations if i.name != name]
-        await self.store.put(INTEGRATIONS_TABLE, name, {"removed": True})
-        assert self.gateway is not None
-        self.gateway.set_integrations(self.integrations)
+        await self.integrations.remove(name)
         return {"name": name, "removed": True}

@@ -18,6 +18,7 @@ from lb_core.metrics import (
     escape_label_value,
     format_value,
 )
+from lb_core.trace import Handled, Trace
 
 
 def test_counter_help_type_and_samples() -> None:
@@ -105,9 +106,10 @@ def test_names_labels_and_values_are_checked() -> None:
 def test_lb_metrics_observe_answers_and_keep_recent_calls() -> None:
     metrics = LbMetrics()
     for i in range(RECENT_CALLS + 5):
-        metrics.observe(None, Answer(200, b"", {}, call="create", integration="default", meeting_id=f"m{i}",
-                                     server="bbb1", result="SUCCESS"), 12.5)
-    metrics.observe(None, Answer(404, b"", {}, call="noSuchCall\n{}", result="unsupportedRequest"), 1.0)
+        metrics.observe(None, Handled(Answer(200, b"", {}), Trace(
+            call="create", integration="default", meeting_id=f"m{i}", server="bbb1", result="SUCCESS")), 12.5)
+    metrics.observe(None, Handled(Answer(404, b"", {}), Trace(call="noSuchCall\n{}", result="unsupportedRequest")),
+                    1.0)
     text = metrics.render()
     assert 'bbb_lb_requests_total{call="create",result="SUCCESS"} 25' in text
     assert 'bbb_lb_requests_total{call="other",result="unsupportedRequest"} 1' in text  # unknown calls fold
@@ -121,6 +123,6 @@ def test_lb_metrics_observe_answers_and_keep_recent_calls() -> None:
 def test_lb_metrics_label_sets_are_bounded() -> None:
     metrics = LbMetrics()
     for i in range(MAX_SERIES + 50):
-        metrics.observe(None, Answer(200, b"", {}, call="getMeetings", result=f"key{i}"), 1.0)
+        metrics.observe(None, Handled(Answer(200, b"", {}), Trace(call="getMeetings", result=f"key{i}")), 1.0)
     assert len(metrics.requests) <= MAX_SERIES + 1
     assert metrics.requests.get(("getMeetings", "other")) == 50
