@@ -19,7 +19,7 @@ class AdminListener:
 
     def __init__(self, lb_addon: BbbLoadBalancer) -> None:
         self.lb_addon = lb_addon
-        self.metrics = LbMetrics()
+        self.metrics = LbMetrics(lambda: self.lb_addon.lb)
         self.server: AdminServer | None = None
         lb_addon.on_answer.append(self._observe)
 

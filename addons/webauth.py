@@ -1,11 +1,14 @@
 """A password for mitmweb's UI in ``bbb-lb run --web``.
 
-mitmweb before 11.1.2 serves its UI to anyone who can connect; whoever reaches it can read every
-flow and replay or edit requests. Here every request to the tornado app (pages, static files, the
-JSON API and the ``/updates`` websocket, even unknown paths) is checked before a handler is chosen:
-HTTP Basic auth with any user name and the password, or the cookie given out once
-``/?token=<password>`` has been opened. Anything else gets 401. Where mitmproxy has its own
-``web_password`` option, that is used instead.
+mitmproxy 11.1.2 and later (they need Python 3.12) protect mitmweb themselves: bbb-lb sets their
+``web_password`` option and only keeps ``?token=<password>`` out of tornado's log.
+
+mitmproxy 11.0.x (the newest that runs on Python 3.11) serves its UI to anyone who can connect, and
+whoever reaches it can read every flow and replay or edit requests. For it alone, ``WebAuth`` below
+checks every request to the tornado app (pages, static files, the JSON API and the ``/updates``
+websocket, even unknown paths) before a handler is chosen: HTTP Basic auth with any user name and
+the password, or the cookie given out once ``/?token=<password>`` has been opened; anything else
+gets 401. Delete ``WebAuth`` and its handlers once the minimum mitmproxy is 11.1.2.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import os
+import re
 import secrets
 import sys
 from typing import Any
@@ -25,6 +30,24 @@ import tornado.web
 PASSWORD_ENV = "BBB_LB_WEB_PASSWORD"
 COOKIE = "bbb-lb-web"
 CHALLENGE = 'Basic realm="bbb-lb"'
+_TOKEN_IN_URI = re.compile(r"([?&]token=)[^&\s]*")
+
+
+def mitmweb_has_password() -> bool:
+    """Whether this mitmproxy protects mitmweb itself (its ``web_password`` option, from 11.1.2)."""
+    from mitmproxy.tools.web import webaddons
+
+    return hasattr(webaddons, "WebAuth")
+
+
+class RedactToken(logging.Filter):
+    """Rewrites ``token=<password>`` to ``token=***`` in the request URIs tornado logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_TOKEN_IN_URI.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        record.msg = _TOKEN_IN_URI.sub(r"\1***", str(record.msg))
+        return True
 
 
 def resolve_password(given: str) -> tuple[str, bool]:
@@ -144,7 +167,11 @@ class TokenAccepted(tornado.web.RequestHandler):
 
 def protect_web(master: Any, opts: Any, password: str, generated: bool, port: int) -> None:
     """Give ``bbb-lb run --web`` its password; print the login URL once if the password was made up."""
-    if "web_password" in opts:  # mitmproxy >= 11.1.2 protects mitmweb itself
+    for name in ("tornado.access", "tornado.general"):  # both log request URIs
+        tornado_log = logging.getLogger(name)
+        if not any(isinstance(f, RedactToken) for f in tornado_log.filters):
+            tornado_log.addFilter(RedactToken())
+    if mitmweb_has_password():
         opts.update(web_password=password)
     else:
         WebAuth(password).protect(master.app)

@@ -239,8 +239,7 @@ class AdminServer:
         return json_response(payload, status)
 
     async def prometheus(self, request: web.Request) -> web.Response:
-        body = self.metrics.render(self.get_lb())
-        return web.Response(body=body.encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def static(self, request: web.Request) -> web.Response:
         name = request.match_info["file"]

@@ -21,11 +21,25 @@ _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 
 
 _TAG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+# Names already checked, so the builder's check is one set look-up per element. Bounded: names that
+# come from outside (metadata keys) are checked each time once it is full.
+_CHECKED_TAGS: set[str] = set()
+_MAX_CHECKED_TAGS = 4096
 
 
 def is_tag_name(name: str) -> bool:
-    """Whether a parameter name can become an element name (metadata keys, create queries)."""
-    return bool(_TAG_NAME.fullmatch(name)) and not name.lower().startswith("xml")
+    """Whether a name can become an element name: the one rule for every element built here.
+
+    Callers holding names from outside (metadata keys, create queries) filter with it; ``element``
+    refuses anything else, so no answer can carry a broken or injected tag.
+    """
+    if name in _CHECKED_TAGS:
+        return True
+    if not (_TAG_NAME.fullmatch(name) and not name.lower().startswith("xml")):
+        return False
+    if len(_CHECKED_TAGS) < _MAX_CHECKED_TAGS:
+        _CHECKED_TAGS.add(name)
+    return True
 
 
 class Raw(str):
@@ -45,7 +59,12 @@ def escape(value: Any) -> str:
 
 
 def element(tag: str, value: Any) -> str:
-    """Serialise ``value`` under ``tag``: scalars as text, mappings and (tag, value) lists nested."""
+    """Serialise ``value`` under ``tag``: scalars as text, mappings and (tag, value) lists nested.
+
+    Raises ValueError for a tag that ``is_tag_name`` refuses: a bug, never something to send.
+    """
+    if tag not in _CHECKED_TAGS and not is_tag_name(tag):
+        raise ValueError(f"not an XML element name: {tag[:64]!r}")
     if isinstance(value, Raw):
         return f"<{tag}>{value}</{tag}>"
     if isinstance(value, Mapping):
@@ -63,9 +82,10 @@ def children(items: Iterable[tuple[str, Any]]) -> str:
 
 
 def response(returncode: str, fields: Iterable[tuple[str, Any]] | Mapping[str, Any] = ()) -> bytes:
+    """A whole BBB answer; ``returncode`` is ours (SUCCESS, FAILED), never an outside value."""
     if isinstance(fields, Mapping):
         fields = fields.items()
-    return f"<response><returncode>{returncode}</returncode>{children(fields)}</response>".encode()
+    return f"<response><returncode>{escape(returncode)}</returncode>{children(fields)}</response>".encode()
 
 
 def success(fields: Iterable[tuple[str, Any]] | Mapping[str, Any] = ()) -> bytes:

@@ -14,12 +14,15 @@ import contextlib
 import logging
 import secrets
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from lb_core import bbbxml, errors, jwt
+import jwt
+
+from lb_core import bbbxml, errors
 from lb_core.api import CALLBACK_PREFIX, Answer, Call, Request
 from lb_core.integrations import Integrations
 from lb_core.meetings import MeetingRecord
@@ -37,6 +40,24 @@ END_KEY = "endcallbackurl"
 RECORDING_READY_KEYS = ("bbb-recording-ready-url", "bn-recording-ready-url", "canvas-recording-ready-url")
 RETRY_DELAYS_S = (1, 2, 5, 10, 30, 60, 120, 300, 600)
 GIVE_UP_STATUSES = {401, 404, 410}
+# bbb-web's recording-ready script (and Scalelite) sign HS256; a token is never trusted to choose.
+RECORDING_READY_ALGORITHM = "HS256"
+# The BBB and integration secrets are whatever their operators chose: a short one is not ours to warn about.
+warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
+
+
+def verify_recording_ready(token: str, secret: str) -> dict[str, Any]:
+    """The payload of a recording-ready JWT signed with ``secret``; raises ``jwt.PyJWTError`` otherwise.
+
+    HS256 only, whatever the header says (so no ``alg: none``, no key confusion); ``exp`` and ``nbf``
+    are checked when present (bbb-web sends neither).
+    """
+    return jwt.decode(token, secret, algorithms=[RECORDING_READY_ALGORITHM])
+
+
+def sign_recording_ready(payload: dict[str, Any], secret: str) -> str:
+    """The JWT an integration expects from its BBB server: HS256 with the integration's secret."""
+    return jwt.encode(payload, secret, algorithm=RECORDING_READY_ALGORITHM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +179,8 @@ class Callbacks:
         if not token or server is None:
             return (401, "invalidSignature", "The callback is not signed by the meeting's server.")
         try:
-            payload = jwt.decode(token, [server.config.secret])
-        except jwt.JwtError:
+            payload = verify_recording_ready(token, server.config.secret)
+        except jwt.PyJWTError:
             return (401, "invalidSignature", "The callback is not signed by the meeting's server.")
         if payload.get("meeting_id") != doc["meeting_id"]:
             return (401, "invalidSignature", "The callback is for another meeting.")
@@ -221,7 +242,7 @@ class Callbacks:
             integration = self.integrations.get(delivery["integration"])
             if integration is None:
                 return 410, ""
-            signed = jwt.encode(delivery["payload"], integration.secrets[0], "HS256")
+            signed = sign_recording_ready(delivery["payload"], integration.secrets[0])
             return await self.outbound.send(delivery["url"], method="POST", data={"signed_parameters": signed}), ""
         except DeliveryFailed as exc:
             return None, str(exc)

@@ -1,56 +1,87 @@
-"""Logging set-up: one line per API call is wanted, a write syscall per line is not."""
+"""Logging set-up: one line per API call, formatted and written off the event loop.
+
+Loggers hand their records to a ``QueueHandler`` (a queue put, nothing more); a ``QueueListener``
+thread formats them and writes them to stderr. A burst of records is written with one flush.
+"""
 
 from __future__ import annotations
 
+import atexit
 import io
 import logging
+import logging.handlers
+import queue
 import sys
-import threading
-import time
-from typing import TextIO
+from typing import Any, TextIO
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
+# Arguments of these types cannot change between the log call and the listener's formatting.
+_IMMUTABLE = (str, int, float, bool, type(None), bytes)
 
 
-class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes into a block buffer, flushed every ``interval_s``, at a warning, and at exit."""
+class DeferredQueueHandler(logging.handlers.QueueHandler):
+    """Queues the record as it is: the stock ``prepare`` would format it here, on the event loop."""
 
-    def __init__(self, stream: TextIO, interval_s: float = 0.5) -> None:
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        args = record.args
+        if args and not (isinstance(args, tuple) and all(isinstance(a, _IMMUTABLE) for a in args)):
+            # An object could change before the listener gets to it: take its text now.
+            record.msg = record.getMessage()
+            record.args = None
+        return record
+
+
+class BurstFlushingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler for the listener thread: writes each record, flushes once the queue is empty."""
+
+    def __init__(self, stream: TextIO, pending: queue.SimpleQueue[Any]) -> None:
         super().__init__(stream)
-        self.interval_s = interval_s
-        self._flushed_at = time.monotonic()
-        # A quiet log still reaches the file within interval_s.
-        threading.Thread(target=self._flush_forever, name="log-flush", daemon=True).start()
+        self.pending = pending
 
-    def _flush_forever(self) -> None:
-        while True:
-            time.sleep(self.interval_s)
-            self.flush()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.stream.write(self.format(record) + self.terminator)
-        except Exception:
-            self.handleError(record)
-            return
-        now = time.monotonic()
-        if record.levelno >= logging.WARNING or now - self._flushed_at >= self.interval_s:
-            self._flushed_at = now
-            self.flush()
+    def flush(self) -> None:
+        if self.pending.empty():
+            super().flush()
 
 
-def setup(level: str) -> None:
+_listener: logging.handlers.QueueListener | None = None
+
+
+def _stderr() -> TextIO:
+    """stderr with a block buffer (sys.stderr writes every line on its own)."""
     try:
-        stream: TextIO = open(sys.stderr.fileno(), "w", buffering=1 << 16, closefd=False)  # noqa: SIM115
-    except (OSError, ValueError, io.UnsupportedOperation):
-        stream = sys.stderr
-    handler = BatchedStreamHandler(stream)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        return open(sys.stderr.fileno(), "w", buffering=1 << 16, encoding=sys.stderr.encoding,  # noqa: SIM115
+                    errors="backslashreplace", closefd=False)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return sys.stderr
+
+
+def setup(level: str, stream: TextIO | None = None) -> None:
+    """Route every log record through a queue to a listener thread that writes ``stream`` (stderr)."""
+    global _listener
+    stop()
+    records: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    writer = BurstFlushingStreamHandler(stream if stream is not None else _stderr(), records)
+    writer.setFormatter(logging.Formatter(LOG_FORMAT))
+    _listener = logging.handlers.QueueListener(records, writer, respect_handler_level=True)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(handler)
+    root.addHandler(DeferredQueueHandler(records))
     root.setLevel(LEVELS.get(level, logging.INFO))
     for noisy in ("mitmproxy.proxy.server", "mitmproxy.proxy", "hpack"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    _listener.start()
+
+
+def stop() -> None:
+    """Write what is queued and stop the listener (at exit: no line logged before it is lost)."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        for handler in _listener.handlers:
+            handler.flush()  # the queue is empty now, so this writes out the buffer
+        _listener = None
+
+
+atexit.register(stop)

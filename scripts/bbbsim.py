@@ -32,6 +32,7 @@ import signal
 import string
 import sys
 import time
+import warnings
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,16 +40,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import jwt
 from aiohttp import ClientSession, ClientTimeout, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 try:
-    from lb_core import bbbxml, checksum, errors, jwt
+    from lb_core import bbbxml, checksum, errors
     from lb_core.errors import ApiError
     from lb_core.query import RawQuery
 except ImportError:  # run from a checkout where the package is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from lb_core import bbbxml, checksum, errors, jwt
+    from lb_core import bbbxml, checksum, errors
     from lb_core.errors import ApiError
     from lb_core.query import RawQuery
 
@@ -67,6 +69,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("bbbsim")
+warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)  # test secrets are short on purpose
 
 ALL_ALGORITHMS: tuple[str, ...] = tuple(checksum.ALGORITHMS)
 FAULT_MODES = ("ok", "refuse", "503", "hang", "slow")
@@ -682,9 +685,9 @@ class SimServer:
 
     async def _recording_ready(self, recording: Recording, url: str) -> None:
         await asyncio.sleep(self.spec.recording_ready_delay)
-        token = jwt.encode(
-            {"meeting_id": recording.meeting_id, "record_id": recording.record_id}, self.secret
-        )
+        # As bbb-web's recording-ready script does: HS256 with the server's shared secret.
+        token = jwt.encode({"meeting_id": recording.meeting_id, "record_id": recording.record_id}, self.secret,
+                           algorithm="HS256")
         await self._callback("recording_ready", "POST", url, data={"signed_parameters": token})
 
     async def _callback(self, kind: str, method: str, url: str, data: dict[str, str] | None = None) -> None:

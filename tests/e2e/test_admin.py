@@ -107,13 +107,13 @@ def test_token_health_metrics_errors_and_no_secrets(admin_lb, sim):
     assert 'bbb_lb_requests_total{call="create",result="SUCCESS"} 1' in text
     assert 'bbb_lb_requests_total{call="getMeetings",result="checksumError"} 1' in text
     assert 'bbb_lb_request_duration_seconds_count{call="getMeetings"} 2' in text
-    assert re.search(r'bbb_lb_request_duration_seconds_bucket\{call="create",le="\+Inf"\} 1\n', text)
+    assert re.search(r'bbb_lb_request_duration_seconds_bucket\{call="create",le="\+Inf"\} 1\.0\n', text)
     assert 'bbb_lb_server_status{server="bbb1"} 2' in text and 'bbb_lb_server_status{server="bbb2"} 2' in text
     assert 'bbb_lb_server_disabled{server="bbb1"} 0' in text
     assert 'bbb_lb_server_disable_state{server="bbb1"} 3' in text
     assert f'bbb_lb_server_meetings{{server="{server_of(sim, "metered")}"}} 1' in text
     assert re.search(r'bbb_lb_server_load\{server="bbb1"\} \d', text)
-    assert "bbb_lb_meetings 1\n" in text and "bbb_lb_meeting_events 1\n" in text
+    assert "bbb_lb_meetings 1.0\n" in text and "bbb_lb_meeting_events 1.0\n" in text
     for name in ("bbb_lb_server_participants", "bbb_lb_server_draining", "bbb_lb_server_poll_errors_total",
                  "bbb_lb_store_writes_total", "bbb_lb_store_write_seconds_total", "bbb_lb_events_queued"):
         assert f"# TYPE {name} " in text, name
