@@ -22,6 +22,7 @@ from lb_core.config import (
     read_integration,
     read_server,
 )
+from lb_core.deliveries import Deliveries
 from lb_core.events import EventLog
 from lb_core.forwarding import Forwarder
 from lb_core.gateway import Gateway
@@ -69,6 +70,7 @@ class LoadBalancer:
         self.gateway: Gateway | None = None
         self.monitor: Monitor | None = None
         self.callbacks: Callbacks | None = None
+        self.deliveries: Deliveries | None = None
         self.instance_id = ""
         self.locator: GeoLocator | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -97,14 +99,14 @@ class LoadBalancer:
         recordings = RecordingIndex(self.pool)
         lifecycle = self.lifecycle = MeetingLifecycle(config, self.pool, self.meetings, self.events, backend,
                                                       listings, recordings)
-        self.callbacks = Callbacks(self.store, self.pool, config.public_url, self.integrations,
-                                   lifecycle.meeting_ended, config.callback_retry_delays_s,
-                                   outbound=OutboundClient(config.callbacks, own_ports(config), config.public_url))
+        self.deliveries = Deliveries(self.store, OutboundClient(config.callbacks, own_ports(config), config.public_url),
+                                     self.integrations, config.callback_retry_delays_s)
+        self.callbacks = Callbacks(self.store, self.pool, config.public_url, lifecycle.meeting_ended, self.deliveries)
         placer = Placer(config, self.pool, self.meetings, self.locator.locate if self.locator is not None else None)
         services = Services(config, self.pool, self.meetings, self.events, backend, forwarder, listings, recordings,
                             lifecycle, placer, self.callbacks, self.instance_id)
         self.gateway = Gateway(config, Verifier(config, self.integrations), services, self.callbacks)
-        await self.callbacks.resume()
+        await self.deliveries.resume()
         self.monitor = Monitor(config, self.pool, self.meetings, backend, lifecycle.forget,
                                after_poll=self._after_poll, on_listing=listings.remember)
         if poll:
@@ -132,8 +134,8 @@ class LoadBalancer:
             self.locator.close()
         if self.monitor is not None:
             await self.monitor.stop()
-        if self.callbacks is not None:
-            await self.callbacks.close()
+        if self.deliveries is not None:
+            await self.deliveries.close()
         if self.backend is not None:
             await self.backend.close()
         await self.store.close()
@@ -141,8 +143,8 @@ class LoadBalancer:
 
     def note_own_listener(self, port: int) -> None:
         """A listener of this LB bound late (port 0): callbacks must never be sent to it either."""
-        if self.callbacks is not None:
-            self.callbacks.outbound.policy.own_ports.add(port)
+        if self.deliveries is not None:
+            self.deliveries.outbound.policy.own_ports.add(port)
 
     def status(self) -> dict[str, Any]:
         return {"instance": self.instance_id, "meetings": len(self.meetings), "events": len(self.events)}

@@ -74,6 +74,6 @@ async def test_an_integration_changed_at_run_time_is_seen_by_every_part(lb) -> N
     await lb.lb.put_integration({"name": "moodle", "secret": secret})
     assert (await lb.call("getMeetings", secret=secret)).field("returncode") == "SUCCESS"
     assert lb.answers[-1].trace.integration == "moodle"
-    assert lb.lb.callbacks.integrations.get("moodle") is lb.lb.integrations.get("moodle")  # one owner
+    assert lb.lb.deliveries.integrations.get("moodle") is lb.lb.integrations.get("moodle")  # one owner
     await lb.lb.remove_integration("moodle")
     assert (await lb.call("getMeetings", secret=secret)).field("messageKey") == "checksumError"
