@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 from mitmproxy import ctx, exceptions, http, io
 
 from lb_core.capture import mask_query, mask_url, mask_xml
+from lb_core.store import FILE_MODE, make_private_dir, open_private
 
 log = logging.getLogger("bbb_lb.capture")
 
@@ -50,10 +51,12 @@ class Sink:
         self.writer: io.FlowWriter | None = None
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)  # captures hold passwords and secrets: owner only
         if self.path.exists() and self.path.stat().st_size > 0:
             self.rotate()  # never overwrite an earlier capture
-        self.fo = open(self.path, "wb")  # noqa: SIM115 - kept open across batches
+        fd = open_private(str(self.path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.fchmod(fd, FILE_MODE)  # a file that existed keeps its mode otherwise
+        self.fo = os.fdopen(fd, "wb")
         self.writer = io.FlowWriter(self.fo)
 
     def write(self, states: list[dict[str, Any]]) -> None:

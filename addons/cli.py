@@ -22,11 +22,16 @@ def load_config(path: str) -> lb_config.Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    from addons.runner import StartError
     from addons.runner import run as run_lb
 
-    return run_lb(config, web=args.web, web_port=args.web_port, web_password=args.web_password,
-                  save_file=args.save, save_max_mb=args.save_max_mb, save_keep=args.save_keep,
-                  mask_passwords=args.mask_passwords, ports_file=args.ports_file)
+    try:
+        return run_lb(config, web=args.web, web_port=args.web_port, web_password=args.web_password,
+                      save_file=args.save, save_max_mb=args.save_max_mb, save_keep=args.save_keep,
+                      mask_passwords=args.mask_passwords, ports_file=args.ports_file)
+    except StartError as exc:
+        print(f"bbb-lb: {exc}", file=sys.stderr, flush=True)
+        return 2
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from lb_core.config import UPLOAD_CALLS
 from lb_core.errors import ApiError, request_too_large
 from lb_core.handlers import CALLS
 from lb_core.service import LoadBalancer
+from lb_core.store import Store
 from lb_core.trace import Handled, Trace
 
 log = logging.getLogger("bbb_lb.api")
@@ -30,6 +31,7 @@ class BbbLoadBalancer:
     def __init__(self) -> None:
         self.config: lb_config.Config | None = None
         self.lb: LoadBalancer | None = None
+        self.store: Store | None = None  # opened (and locked) by ``bbb-lb run`` before the proxy starts
         self._starting: asyncio.Lock | None = None
         self.on_answer: list = []  # other addons (annotations, metrics) see each answer and its trace
 
@@ -57,7 +59,7 @@ class BbbLoadBalancer:
         self._starting = self._starting or asyncio.Lock()
         async with self._starting:
             if self.lb is None:
-                self.lb = await LoadBalancer.start(self.config, poll=ctx.options.bbb_poll)
+                self.lb = await LoadBalancer.start(self.config, self.store, poll=ctx.options.bbb_poll)
         return self.lb
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:

@@ -7,10 +7,13 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from mitmproxy import ctx, master, options
@@ -22,13 +25,47 @@ from addons.lb import BbbLoadBalancer
 from addons.limits import install_body_guard
 from lb_core import logs
 from lb_core.config import Config
+from lb_core.store import StoreError, TinyDbStore
 
 REPO = Path(__file__).resolve().parent.parent
 SIMULATOR = REPO / "scripts" / "bbbsim.py"
+log = logging.getLogger("bbb_lb")
+
+
+class StartError(Exception):
+    """bbb-lb cannot start; the message is the one line the operator sees (exit code 2)."""
+
+
+def check_port(host: str, port: int, what: str) -> None:
+    """Fail early, in one line, when a port the LB needs is taken (bound as asyncio's servers bind)."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartError(f"cannot listen on {host}:{port} ({what}): {exc.strerror}") from None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise StartError(f"cannot listen on {host}:{port} ({what}): {exc.strerror or exc}") from None
+
+
+def check_ports(config: Config) -> None:
+    check_port(config.listen_host, config.listen_port, "listen.port")
+    if config.admin.port is not None:
+        check_port(config.admin.host, config.admin.port, "admin.port")
+        if config.admin.port == config.listen_port and config.admin.port:
+            raise StartError(f"admin.port and listen.port are both {config.listen_port}")
 
 
 def start_simulators(config: Config) -> subprocess.Popen[str] | None:
-    """Start the simulated BBB servers the config marks with ``simulate: true``."""
+    """Start the simulated BBB servers the config marks with ``simulate: true``.
+
+    Their control API listens on a free port, so two configs with simulated servers run side by side.
+    """
     simulated = [s for s in config.servers if s.simulate]
     if not simulated:
         return None
@@ -37,18 +74,49 @@ def start_simulators(config: Config) -> subprocess.Popen[str] | None:
     with os.fdopen(handle, "w") as f:
         json.dump(spec, f)
     process = subprocess.Popen(
-        [sys.executable, str(SIMULATOR), "--spec", spec_path], stdout=subprocess.PIPE, text=True,
-        start_new_session=True,
+        [sys.executable, str(SIMULATOR), "--spec", spec_path, "--control-port", "0"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
-    assert process.stdout is not None
+    assert process.stdout is not None and process.stderr is not None
     line = process.stdout.readline()
     os.unlink(spec_path)
     if "ready" not in line:
         process.kill()
-        raise RuntimeError(f"the BBB simulator did not start (exit code {process.wait()})")
-    logging.getLogger("bbb_lb").info("started %d simulated BBB servers: %s", len(simulated),
-                                     ", ".join(s.name for s in simulated))
+        process.wait()
+        said = [t.strip() for t in process.stderr.read().splitlines() if t.strip()]
+        cause = said[-1].removeprefix("bbbsim: ") if said else f"exit code {process.returncode}"
+        raise StartError(f"the simulated BBB servers cannot start: {cause}")
+    threading.Thread(target=_relay, args=(process.stderr,), name="bbbsim-stderr", daemon=True).start()
+    log.info("started %d simulated BBB servers: %s (control API %s)", len(simulated),
+             ", ".join(s.name for s in simulated), line.split()[-1])
     return process
+
+
+def _relay(stream) -> None:  # type: ignore[no-untyped-def]
+    """The simulator's own messages go to our log (and its pipe never fills up)."""
+    for text in stream:
+        if text.strip():
+            logging.getLogger("bbb_lb.sim").warning("%s", text.rstrip())
+
+
+class StartCheck(errorcheck.ErrorCheck):
+    """mitmproxy's start-up check, ending bbb-lb with one line and exit code 2 instead of a report."""
+
+    name = "errorcheck"
+
+    async def shutdown_if_errored(self) -> None:
+        await asyncio.sleep(0)
+        if self.logger.has_errored:
+            message = self.logger.has_errored[0].getMessage()
+            print(f"bbb-lb: {_one_line(message)}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+
+def _one_line(message: str) -> str:
+    bind = re.search(r"failed to listen on (\S+) with .*?: (\S.*)$", message.splitlines()[0])
+    if bind:
+        return f"cannot listen on {bind.group(1)} (listen.port): {bind.group(2)}"
+    return message.splitlines()[0] if message else "an error was logged during start-up"
 
 
 class AdoptBoundPort:
@@ -135,8 +203,16 @@ async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_
     else:
         m = master.Master(opts)
         m.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
-                     errorcheck.ErrorCheck(repeat_errors_on_stderr=True), *chain)
+                     StartCheck(), *chain)
     lb.config = config
+    # The store first: a locked or unreadable store stops the start before any port is opened. The LB
+    # itself starts once the proxy listens (AdoptBoundPort gives it the real port first).
+    store = TinyDbStore(config.store_path)
+    try:
+        await store.open()
+    except StoreError as exc:
+        raise StartError(str(exc)) from None
+    lb.store = store
     # Bodies are measured per call as they stream in (addons.limits); mitmproxy's one global limit is only
     # the fallback should that guard not fit this mitmproxy version. HTTP/2 is off: the BBB API is HTTP/1.1
     # and only the HTTP/1 protocol-error answers are ours.
@@ -148,11 +224,21 @@ async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, m.shutdown)
-    await m.run()
+    try:
+        await m.run()
+    finally:  # a start given up after the store was opened still flushes and unlocks it
+        if lb.lb is not None:
+            await lb.lb.stop()
+            lb.lb = None
+        await store.close()
 
 
 def run(config: Config, **kwargs: object) -> int:
+    """Serve until stopped; a start that cannot succeed raises ``StartError`` (one line for the operator)."""
     logs.setup(config.log_level)
+    check_ports(config)
+    if kwargs.get("web"):
+        check_port("127.0.0.1", int(kwargs.get("web_port", 8081)), "--web-port")  # type: ignore[call-overload]
     simulator = start_simulators(config)
     try:
         asyncio.run(serve(config, **kwargs))  # type: ignore[arg-type]

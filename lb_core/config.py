@@ -145,6 +145,7 @@ class Config:
     running_cache_s: float = 1.0
     get_meetings_cache_s: float = 2.0
     record_events: bool = True
+    events_retention_days: float = 90.0
 
     @property
     def default_integration(self) -> IntegrationConfig:
@@ -472,6 +473,7 @@ def parse(data: Any, source: str = "config.yaml", base_dir: Path | None = None) 
 
     ev = top.mapping("events")
     record_events = ev.boolean("enabled", True)
+    events_retention_days = float(ev.number("retention_days", 90))  # 0: kept forever
     ev.done()
 
     cache = top.mapping("cache")
@@ -509,6 +511,7 @@ def parse(data: Any, source: str = "config.yaml", base_dir: Path | None = None) 
         running_cache_s=running_cache_s,
         get_meetings_cache_s=get_meetings_cache_s,
         record_events=record_events,
+        events_retention_days=events_retention_days,
     )
 
 

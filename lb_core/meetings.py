@@ -85,15 +85,21 @@ class MeetingRegistry:
 
     def _unindex(self, record: MeetingRecord) -> None:
         self._meetings.pop(record.key, None)
-        self._by_server[record.server].discard(record.key)
+        on_server = self._by_server.get(record.server)
+        if on_server is not None:
+            on_server.discard(record.key)
+            if not on_server:
+                del self._by_server[record.server]
         holders = self._by_meeting_id.get(record.meeting_id)
         if holders is not None:
             holders.discard(record.key)
             if not holders:
                 del self._by_meeting_id[record.meeting_id]
-        bridges = self._voice_bridges[record.server]
-        if bridges.get(record.voice_bridge) == record.key:
+        bridges = self._voice_bridges.get(record.server)
+        if bridges is not None and record.voice_bridge and bridges.get(record.voice_bridge) == record.key:
             del bridges[record.voice_bridge]
+            if not bridges:
+                del self._voice_bridges[record.server]
 
     def get(self, integration: str, meeting_id: str) -> MeetingRecord | None:
         return self._meetings.get(meeting_key(integration, meeting_id))
@@ -137,15 +143,29 @@ class MeetingRegistry:
         return len(self._meetings)
 
     async def save(self, record: MeetingRecord) -> None:
+        """Index and store ``record``; if the store fails, the index is as it was (and the error raised)."""
+        previous = self._meetings.get(record.key)
         self._index(record)
-        await self.store.put(TABLE, record.key, record.to_doc())
+        try:
+            await self.store.put(TABLE, record.key, record.to_doc())
+        except BaseException:
+            if self._meetings.get(record.key) is record:
+                self._unindex(record)
+                if previous is not None:
+                    self._index(previous)
+            raise
 
     async def forget(self, record: MeetingRecord) -> bool:
         current = self._meetings.get(record.key)
         if current is None or current.server != record.server:
             return False
         self._unindex(current)
-        await self.store.delete(TABLE, record.key)
+        try:
+            await self.store.delete(TABLE, record.key)
+        except BaseException:
+            if record.key not in self._meetings:
+                self._index(current)  # still stored: still routable
+            raise
         return True
 
     # Two concurrent creates of one new meeting must end on one server: the first does the work,

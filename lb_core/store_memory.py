@@ -15,11 +15,11 @@ from lb_core.store import Doc, Store, StoreError
 
 
 class MemoryStore(Store):
-    """Tables and events in dicts and a list; lost when the process ends."""
+    """Tables and event partitions in dicts; lost when the process ends."""
 
     def __init__(self) -> None:
         self._tables: dict[str, dict[str, Doc]] = {}
-        self._events: list[Doc] = []
+        self._events: dict[str, list[Doc]] = {}
         self._open = False
         self._closed = False
         self.writes_total = 0
@@ -61,10 +61,18 @@ class MemoryStore(Store):
             self.writes_total += 1
 
     def append_events(self, events: Iterable[Doc]) -> None:
-        self._events.extend(copy.deepcopy(list(events)))
+        for event in copy.deepcopy(list(events)):
+            self._events.setdefault(str(event.get("p")), []).append(event)
 
-    async def read_events(self) -> list[Doc]:
-        return copy.deepcopy(self._events)
+    async def read_events(self, partition: str) -> list[Doc]:
+        return copy.deepcopy(self._events.get(partition, []))
+
+    async def event_partitions(self) -> list[str]:
+        return sorted(self._events)
+
+    async def drop_event_partitions(self, partitions: Iterable[str]) -> None:
+        for partition in partitions:
+            self._events.pop(partition, None)
 
     async def flush(self) -> None:
         """Nothing is queued: every write is done when its call returns."""

@@ -715,6 +715,7 @@ async def seed_events(store: Path, count: int, days: int = 100) -> None:
                                    query=create_params(f"past-{i}"))
             log.joined(event_id, f"User {i}", "attendee", at + 1000)
             log.ended(event_id, at + 3_600_000)
+        await log.close()
     finally:
         await db.close()
 

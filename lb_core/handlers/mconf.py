@@ -36,7 +36,7 @@ async def get_meeting_events(ctx: Context) -> Answer:
         query = parse_query(ctx.call.pairs)
     except EventQueryError as exc:
         raise errors.invalid_parameter(str(exc)) from None
-    found = ctx.services.events.query(ctx.call.integration.name, query)
+    found = await ctx.services.events.query(ctx.call.integration.name, query)
     return ctx.success([("events", [("event", e.to_xml_fields()) for e in found])])
 
 

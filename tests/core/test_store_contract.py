@@ -84,11 +84,22 @@ async def test_many_concurrent_writes_all_land(store: Store) -> None:
 
 
 async def test_events_are_read_back_in_order_after_a_flush(store: Store) -> None:
-    assert await store.read_events() == []
-    store.append_events([{"n": 1}, {"n": 2}])
-    store.append_events({"n": i} for i in range(3, 6))
+    assert await store.read_events("00000001") == [] and await store.event_partitions() == []
+    store.append_events([{"p": "00000001", "n": 1}, {"p": "00000002", "n": 10}, {"p": "00000001", "n": 2}])
+    store.append_events({"p": "00000001", "n": i} for i in range(3, 6))
+    assert [e["n"] for e in await store.read_events("00000001")] == [1, 2, 3, 4, 5]  # queued ones too
     await store.flush()
-    assert [e["n"] for e in await store.read_events()] == [1, 2, 3, 4, 5]
+    assert [e["n"] for e in await store.read_events("00000001")] == [1, 2, 3, 4, 5]
+    assert [e["n"] for e in await store.read_events("00000002")] == [10]
+    assert await store.event_partitions() == ["00000001", "00000002"]
+
+
+async def test_event_partitions_are_dropped_whole(store: Store) -> None:
+    store.append_events([{"p": "00000001", "n": 1}, {"p": "00000002", "n": 2}])
+    await store.flush()
+    await store.drop_event_partitions(["00000001"])
+    assert await store.event_partitions() == ["00000002"]
+    assert await store.read_events("00000001") == []
 
 
 async def test_writes_after_close_fail(store: Store) -> None:

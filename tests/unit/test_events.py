@@ -14,7 +14,8 @@ def ms(day: str, hour: int = 12) -> int:
 async def log(tmp_path):
     store = TinyDbStore(str(tmp_path / "lb.json"), event_flush_interval_s=0.01)
     await store.open()
-    events = EventLog(store)
+    events = EventLog(store, retention_days=0)
+    await events.load()
     yield events
     await store.close()
 
@@ -36,35 +37,38 @@ async def test_filters_and_order(log):
     add(log, "d", "2024-01-21", users=0)
     add(log, "other", "2024-01-15", integration="moodle")
 
-    def ids(**kw):  # type: ignore[no-untyped-def]
-        return [e.meeting_id for e in log.query("default", EventQuery(**kw))]
+    async def ids(**kw):  # type: ignore[no-untyped-def]
+        return [e.meeting_id for e in await log.query("default", EventQuery(**kw))]
 
-    assert ids() == ["c", "b", "a"]
-    assert ids(min_users=0) == ["d", "c", "b", "a"]
-    assert ids(created_from=date(2024, 1, 10)) == ["c", "b"]
-    assert ids(created_from=date(2024, 1, 10), created_to=date(2024, 1, 20)) == ["c", "b"]
-    assert ids(created_from=date(2024, 1, 10), created_to=date(2024, 1, 10)) == ["b"]
-    assert ids(ended_by=date(2024, 1, 10)) == ["b"]
-    assert ids(ended_by=date(2024, 1, 21)) == ["c", "b"]
-    assert ids(min_users=3) == ["b"]
-    assert ids(limit=1) == ["c"]
-    assert [e.meeting_id for e in log.query("moodle", EventQuery())] == ["other"]
+    assert await ids() == ["c", "b", "a"]
+    assert await ids(min_users=0) == ["d", "c", "b", "a"]
+    assert await ids(created_from=date(2024, 1, 10)) == ["c", "b"]
+    assert await ids(created_from=date(2024, 1, 10), created_to=date(2024, 1, 20)) == ["c", "b"]
+    assert await ids(created_from=date(2024, 1, 10), created_to=date(2024, 1, 10)) == ["b"]
+    assert await ids(ended_by=date(2024, 1, 10)) == ["b"]
+    assert await ids(ended_by=date(2024, 1, 21)) == ["c", "b"]
+    assert await ids(min_users=3) == ["b"]
+    assert await ids(limit=1) == ["c"]
+    assert [e.meeting_id for e in await log.query("moodle", EventQuery())] == ["other"]
 
 
 async def test_events_are_reloaded_from_the_store(tmp_path):
     store = TinyDbStore(str(tmp_path / "lb.json"), event_flush_interval_s=0.01)
-    store.SEGMENT_SIZE = 7  # several segment files
     await store.open()
-    log = EventLog(store)
+    log = EventLog(store, retention_days=0)  # the dates are old: keep them
+    log.PARTITION_SIZE = 3  # several partition files
+    await log.load()
     for i in range(10):
         add(log, f"m{i}", "2024-02-01", users=2, ended="2024-02-02", hour=i)
+    await log.close()
     await store.close()
-    assert len(list((tmp_path / "lb-events").glob("events-*.json"))) >= 4
+    assert len(list((tmp_path / "lb-events").glob("*.jsonl"))) >= 4
     store = TinyDbStore(str(tmp_path / "lb.json"))
     await store.open()
-    again = EventLog(store)
+    again = EventLog(store, retention_days=0)
     await again.load()
-    found = again.query("default", EventQuery(limit=100))
+    again.CACHED_PARTITIONS = 2
+    found = await again.query("default", EventQuery(limit=100))
     assert [e.meeting_id for e in found] == [f"m{i}" for i in reversed(range(10))]
     assert all(len(e.users) == 2 and e.ended_at for e in found)
     await store.close()

@@ -7,6 +7,11 @@ from lb_core.meetings import MeetingRecord, MeetingRegistry
 from lb_core.store import TinyDbStore
 
 
+def crash(store: TinyDbStore) -> None:
+    """As after kill -9: the kernel drops the store's lock; nothing more is written."""
+    store._unlock()
+
+
 async def test_put_is_durable_before_it_returns(tmp_path):
     path = tmp_path / "lb.json"
     store = TinyDbStore(str(path))
@@ -17,6 +22,7 @@ async def test_put_is_durable_before_it_returns(tmp_path):
     await store.delete("meetings", "default m3")
     # Not closed (as after kill -9): a second store opened on the same files sees every write,
     # and folds them into a TinyDB file any TinyDB can read.
+    crash(store)
     again = TinyDbStore(str(path))
     await again.open()
     keys = set(await again.all("meetings"))
@@ -33,6 +39,7 @@ async def test_a_torn_journal_line_is_skipped(tmp_path):
     await store.put("meetings", "default a", {"server": "s1"})
     with open(store.journal_path, "a") as journal:
         journal.write('{"t":"meetings","k":"default b","d":{"ser')  # a crash in the middle of a write
+    crash(store)
     again = TinyDbStore(str(path))
     await again.open()
     assert await again.all("meetings") == {"default a": {"server": "s1"}}
