@@ -113,9 +113,9 @@ class Series:
 
     @staticmethod
     def _integration_values(lb: LoadBalancer | None) -> Iterable[tuple[tuple[str, str], float | None]]:
-        if lb is None:
+        if lb is None or lb.controls is None:
             return
-        for integration in lb.list_integrations():
+        for integration in lb.controls.list_integrations():  # what bbb_lb_integration_* read
             for field in INTEGRATION_FIELDS:
                 yield (integration["name"], field), integration[field]
 

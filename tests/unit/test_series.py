@@ -13,6 +13,7 @@ from lb_core.errors import checksum_mismatch
 from lb_core.metrics import LbMetrics
 from lb_core.pool import Pool
 from lb_core.series import Series
+from lb_core.trace import Handled, Trace
 from tests.unit.test_metrics import fake_lb
 
 
@@ -88,13 +89,16 @@ def test_the_answer_path_feeds_series_and_metrics_the_same_verdicts() -> None:
     """The dashboard's FAILED rate is rate(bbb_lb_requests_failed_total): both are fed by one decision."""
     metrics = LbMetrics()
     metrics.series = series = Series(resolution_s=1.0, points=4)
+    def handled(status: int, body: bytes, call: str, result: str) -> Handled:
+        return Handled(Answer(status, body, {}), Trace(call=call, result=result))
+
     answers = [
-        Answer.error(checksum_mismatch(), call="join"),  # FAILED in the XML; result is the messageKey
-        Answer(200, b"<response><returncode>SUCCESS</returncode><messageKey>duplicateWarning</messageKey>"
-               b"</response>", {}, call="create", result="duplicateWarning"),  # a messageKey, yet SUCCESS
-        Answer(302, b"", {}, call="join", result="redirect"),
-        Answer(200, b'{"response":{"returncode":"FAILED"}}', {}, call="getMeetings", result="FAILED"),
-        Answer(200, b"", {}, call="no-such-call", result="SUCCESS"),
+        handled(200, checksum_mismatch().to_xml(), "join", "checksumError"),  # FAILED; result is the messageKey
+        handled(200, b"<response><returncode>SUCCESS</returncode><messageKey>duplicateWarning</messageKey>"
+                b"</response>", "create", "duplicateWarning"),  # a messageKey, yet SUCCESS
+        handled(302, b"", "join", "redirect"),
+        handled(200, b'{"response":{"returncode":"FAILED"}}', "getMeetings", "FAILED"),
+        handled(200, b"", "no-such-call", "SUCCESS"),
     ]
     for a in answers:
         metrics.observe(None, a, 1.0)
