@@ -31,7 +31,8 @@ from lb_core.outbound import OutboundClient, own_ports
 from lb_core.placement import Locate, Placer
 from lb_core.pool import Pool
 from lb_core.recording_index import RecordingIndex
-from lb_core.store import Store, TinyDbStore
+from lb_core.store import Store
+from lb_core.store_tinydb import TinyDbStore
 from lb_core.verify import Verifier
 
 log = logging.getLogger("bbb_lb")

@@ -20,7 +20,7 @@ from lb_core.meetings import MeetingRecord, MeetingRegistry
 from lb_core.pool import Pool
 from lb_core.query import RawQuery
 from lb_core.service import assemble
-from lb_core.store import TinyDbStore
+from lb_core.store_tinydb import TinyDbStore
 from lb_core.trace import Trace
 from lb_core.verify import conflicting_param
 

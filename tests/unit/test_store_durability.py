@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from lb_core import store as store_module
+from lb_core import durable_files as store_module
 from lb_core.meetings import MeetingRecord, MeetingRegistry
-from lb_core.store import StoreError, StoreLocked, TinyDbStore
+from lb_core.store import StoreError, StoreLocked
+from lb_core.store_tinydb import TinyDbStore
 
 
 def crash(store: TinyDbStore) -> None:
