@@ -17,7 +17,7 @@ from lb_core.callbacks import Callbacks
 from lb_core.config import Config
 from lb_core.controls import Controls, ServerOverrides
 from lb_core.deliveries import Deliveries
-from lb_core.events import EventLog
+from lb_core.event_log import EventLog
 from lb_core.forwarding import Forwarder
 from lb_core.gateway import Gateway
 from lb_core.geo import GeoLocator, fill_geoloc

@@ -2,7 +2,8 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from lb_core.events import EventLog, EventQuery, EventQueryError, parse_query
+from lb_core.event_log import EventLog
+from lb_core.events import EventQuery, EventQueryError, parse_query
 from lb_core.store_tinydb import TinyDbStore
 
 
