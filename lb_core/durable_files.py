@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,14 +118,14 @@ def reason(exc: BaseException) -> str:
     return (exc.strerror if isinstance(exc, OSError) and exc.strerror else None) or str(exc) or type(exc).__name__
 
 
+@dataclass(slots=True)
 class WriteStats:
     """Figures of a store's writes (for /metrics): shared by its table journal and its event files."""
 
-    def __init__(self) -> None:
-        self.writes_total = 0
-        self.write_seconds_total = 0.0
-        self.last_write_seconds = 0.0
-        self.write_failures_total = 0
+    writes_total: int = 0
+    write_seconds_total: float = 0.0
+    last_write_seconds: float = 0.0
+    write_failures_total: int = 0
 
     def wrote(self, seconds: float) -> None:
         self.writes_total += 1
@@ -135,9 +136,4 @@ class WriteStats:
         self.write_failures_total += 1
 
     def as_dict(self) -> dict[str, float]:
-        return {
-            "writes_total": self.writes_total,
-            "write_seconds_total": self.write_seconds_total,
-            "last_write_seconds": self.last_write_seconds,
-            "write_failures_total": self.write_failures_total,
-        }
+        return asdict(self)
