@@ -7,8 +7,9 @@ rename). A ``kill -9`` can lose at most writes nobody was told had succeeded, an
 file. Events live in partition files of their own (lb_core/store_events.py).
 
 A change is visible to readers as soon as it is made, but it only enters the committed tables
-once its journal line is on disk: a failed write (a full disk, an I/O error) fails its callers and
-leaves nothing of it in memory. One process owns a store: it holds an exclusive lock file.
+(lb_core/store_tables.py) once its journal line is on disk: a failed write (a full disk, an I/O
+error) fails its callers and leaves nothing of it in memory. One process owns a store: it holds an
+exclusive lock file.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from lb_core.durable_files import (
 from lb_core.store import Doc, Store, StoreError, StoreLocked
 from lb_core.store_events import EventPartitionFiles
 from lb_core.store_journal import Change, Journal
+from lb_core.store_tables import Tables
 
 log = logging.getLogger("bbb_lb.store")
 
@@ -134,10 +136,7 @@ class TinyDbStore(Store):
         self._journal = Journal(path)
         self._lock = StoreLock(path)
         self.lock_path = self._lock.path
-        self._tables: dict[str, dict[str, Doc]] = {}  # committed: on disk
-        self._uncommitted: dict[tuple[str, str], list[Doc | None]] = {}  # made, not yet on disk, in order
-        self._ids: dict[str, dict[str, int]] = {}
-        self._next_id: dict[str, int] = {}
+        self._tables = Tables()
         self._db: TinyDB | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bbb-lb-store")
         self._compaction: asyncio.Task[None] | None = None
@@ -177,19 +176,9 @@ class TinyDbStore(Store):
             leftover.unlink(missing_ok=True)
         self._db = TinyDB(self.path, storage=AtomicJSONStorage)
         for name in self._db.tables():
-            table = self._db.table(name, cache_size=0)
-            docs: dict[str, Doc] = {}
-            ids: dict[str, int] = {}
-            for document in table.all():
-                key = document.get("_key")
-                if not isinstance(key, str):
-                    continue
-                doc = {k: v for k, v in document.items() if k != "_key"}
-                docs[key] = doc
-                ids[key] = document.doc_id
-            self._tables[name] = docs
-            self._ids[name] = ids
-            self._next_id[name] = max(ids.values(), default=0) + 1
+            documents = self._db.table(name, cache_size=0).all()
+            self._tables.load(name, ((d["_key"], d.doc_id, {k: v for k, v in d.items() if k != "_key"})
+                                     for d in documents if isinstance(d.get("_key"), str)))
         self._replay_journal()
         self._events.prepare()
         migrate_event_segments(self._events)
@@ -203,13 +192,10 @@ class TinyDbStore(Store):
         """Apply changes made after the last compaction, then fold them into the TinyDB file."""
         journals = self._journal.files()
         for table, key, doc in Journal.replay(journals):
-            if doc is None:
-                self._tables.get(table, {}).pop(key, None)
-            else:
-                self._tables.setdefault(table, {})[key] = doc
+            self._tables.commit(table, key, doc)
         # Fold what was replayed into the TinyDB file, so the journals start empty.
         assert self._db is not None
-        self._db.storage.write(self._snapshot())
+        self._db.storage.write(self._tables.snapshot())
         Journal.remove(journals)
 
     async def close(self) -> None:
@@ -236,21 +222,10 @@ class TinyDbStore(Store):
 
     def get_now(self, table: str, key: str) -> Doc | None:
         """Synchronous read for the embedded store's callers on the hot path."""
-        if self._uncommitted:
-            pending = self._uncommitted.get((table, key))
-            if pending:
-                return pending[-1]
-        return self._tables.get(table, {}).get(key)
+        return self._tables.get(table, key)
 
     async def all(self, table: str) -> dict[str, Doc]:
-        docs = dict(self._tables.get(table, {}))
-        for (name, key), pending in self._uncommitted.items():
-            if name == table:
-                if pending[-1] is None:
-                    docs.pop(key, None)
-                else:
-                    docs[key] = pending[-1]
-        return docs
+        return self._tables.all(table)
 
     async def put(self, table: str, key: str, doc: Doc) -> None:
         await self._change(table, key, dict(doc))
@@ -270,7 +245,7 @@ class TinyDbStore(Store):
     async def _change(self, table: str, key: str, doc: Doc | None) -> None:
         if self._closed:
             raise StoreError("store is closed")
-        self._uncommitted.setdefault((table, key), []).append(doc)
+        self._tables.stage(table, key, doc)
         self._changes.append((table, key, doc))
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._state_waiters.append(future)
@@ -285,38 +260,6 @@ class TinyDbStore(Store):
         self._state_waiters.append(future)
         self._state_dirty.set()
         await future
-
-    def _settle(self, changes: list[Change], committed: bool) -> None:
-        """Changes leave the uncommitted overlay; into the tables if their write succeeded."""
-        for table, key, doc in changes:
-            pending = self._uncommitted.get((table, key))
-            if pending:
-                pending.pop(0)
-                if not pending:
-                    del self._uncommitted[(table, key)]
-            if not committed:
-                continue
-            if doc is None:
-                self._tables.get(table, {}).pop(key, None)
-            else:
-                self._tables.setdefault(table, {})[key] = doc
-
-    def _snapshot(self) -> dict[str, dict[str, Doc]]:
-        """The TinyDB file contents (committed changes only): document ids kept stable per key."""
-        data: dict[str, dict[str, Doc]] = {}
-        for name, docs in self._tables.items():
-            ids = self._ids.setdefault(name, {})
-            for gone in set(ids) - set(docs):
-                del ids[gone]
-            table: dict[str, Doc] = {}
-            for key, doc in docs.items():
-                doc_id = ids.get(key)
-                if doc_id is None:
-                    doc_id = ids[key] = self._next_id.get(name, 1)
-                    self._next_id[name] = doc_id + 1
-                table[str(doc_id)] = {**doc, "_key": key}
-            data[name] = table
-        return data
 
     async def _write_state_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -333,12 +276,12 @@ class TinyDbStore(Store):
             except Exception as exc:  # a full disk must fail the callers, not the writer
                 self._stats.failed()
                 log.error("store write failed, %d changes not made: %s", len(changes), reason(exc))
-                self._settle(changes, committed=False)
+                self._tables.settle(changes, committed=False)
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_exception(StoreError(f"store write failed: {reason(exc)}"))
                 continue
-            self._settle(changes, committed=True)
+            self._tables.settle(changes, committed=True)
             self._stats.wrote(time.perf_counter() - started)
             for waiter in waiters:
                 if not waiter.done():
@@ -352,7 +295,7 @@ class TinyDbStore(Store):
         New changes go to a fresh journal meanwhile, so commits never wait for a compaction. The
         snapshot holds every committed change; replaying a journal over it again is harmless.
         """
-        snapshot = self._snapshot()
+        snapshot = self._tables.snapshot()
         done_with = self._journal.rotate()
 
         def compact() -> None:
