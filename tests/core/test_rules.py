@@ -11,7 +11,7 @@ import pytest
 from yarl import URL
 
 from lb_core import checksum
-from lb_core.service import ControlError
+from lb_core.controls import ControlError
 
 MOODLE = {"name": "moodle", "secret": "moodle-secret"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -157,7 +157,7 @@ async def test_can_record_false_still_refuses_and_a_rule_silently_turns_recordin
         "permissionDenied", "This application is not allowed to record meetings.")
     quiet = await lb.call("create", {"meetingID": "rec-2", "name": "R room", "record": "true"}, secret="quiet-secret")
     assert quiet.field("returncode") == "SUCCESS" and sim.meeting("bbb1", "rec-2").record is False
-    assert lb.lb.gateway.policy.limit_hits[("moodle", "record")] == 1
+    assert lb.lb.policy.limit_hits[("moodle", "record")] == 1
 
 
 async def test_fifty_concurrent_joins_against_a_limit_of_twenty(lb_factory, sim):
@@ -178,7 +178,7 @@ async def test_fifty_concurrent_joins_against_a_limit_of_twenty(lb_factory, sim)
                r.field("message") == "This application is not allowed to have any more participants."
                for r in refused)
     assert len(sim.meeting("bbb1", "crowd").attendees) == 20
-    assert lb.lb.gateway.policy.limit_hits[("moodle", "participants")] == 30
+    assert lb.lb.policy.limit_hits[("moodle", "participants")] == 30
     # A redirect join over the limit is refused too, never redirected.
     over = await lb.call("join", {"meetingID": "crowd", "fullName": "Late", "password": "ap"},
                          secret="moodle-secret")
@@ -194,7 +194,7 @@ async def test_the_limit_counts_polled_participants_plus_joins_since(lb_factory,
     sim.participants(sim.server_of("p2"), "p2", 3)
     sim.participants(sim.server_of("other"), "other", 50)
     await lb.poll()
-    assert lb.lb.gateway.policy.participants.count("moodle") == 7
+    assert lb.lb.policy.participants.count("moodle") == 7
 
     async def join(meeting: str, **extra: str):  # type: ignore[no-untyped-def]
         return await lb.call("join", {"meetingID": meeting, "fullName": "x", "password": "ap", **extra},
@@ -205,7 +205,7 @@ async def test_the_limit_counts_polled_participants_plus_joins_since(lb_factory,
     sim.participants(sim.server_of("p1"), "p1", 1)  # people left; the next poll sees it
     sim.participants(sim.server_of("p2"), "p2", 0)
     await lb.poll()
-    assert lb.lb.gateway.policy.participants.count("moodle") == 1
+    assert lb.lb.policy.participants.count("moodle") == 1
     assert (await join("p2")).status == 302
     assert (await lb.call("join", {"meetingID": "other", "fullName": "y", "password": "ap"})).status == 302
 
@@ -232,7 +232,7 @@ async def test_moderators_can_be_exempted(lb_factory, sim):
 
 async def test_rules_and_limits_change_at_run_time_and_survive_a_restart(lb_factory, sim):
     lb = await lb_factory(servers=[0], store="tinydb", integrations=moodle())
-    service = lb.lb
+    service = lb.lb.controls
     shown = await service.change_rules("moodle", {"create": {"duration": {"max": 15}, "welcome": {"default": "x"}}})
     assert shown["rules"] == {"create": {"duration": {"max": 15}, "welcome": {"default": "x"}}}
     await service.change_rules("moodle", {"create": {"welcome": None}})
@@ -243,10 +243,10 @@ async def test_rules_and_limits_change_at_run_time_and_survive_a_restart(lb_fact
     with pytest.raises(ControlError, match="unknown operation"):
         await service.change_rules(None, {"create": {"duration": {"maximum": 3}}})
     await lb.restart()
-    moodle_now = next(i for i in lb.lb.list_integrations() if i["name"] == "moodle")
+    moodle_now = next(i for i in lb.lb.controls.list_integrations() if i["name"] == "moodle")
     assert moodle_now["rules"] == {"create": {"duration": {"max": 15}}}
     assert (moodle_now["max_participants"], moodle_now["limit_moderators"]) == (5, False)
-    assert lb.lb.rules_of("moodle")["effective"] == {
+    assert lb.lb.controls.rules_of("moodle")["effective"] == {
         "create": {"duration": {"max": 15}}, "join": {"userdata-bbb_listen_only_mode": {"override": "false"}}}
     await lb.call("create", {"meetingID": "rt", "name": "R room", "duration": "100"}, secret="moodle-secret")
     assert sim.meeting("bbb1", "rt").duration == 15
