@@ -309,8 +309,7 @@ class AdminServer:
 
     async def dashboard_data(self, request: web.Request) -> web.Response:
         lb = self._lb()
-        return json_response({"time": time.time(), "status": lb_status(lb),
-                              "servers": self._controls().list_servers(),
+        return json_response({"time": time.time(), "status": lb_status(lb), "servers": self._controls().list_servers(),
                               "integrations": self._controls().list_integrations(),
                               "recent": self.metrics.recent_calls()})
 

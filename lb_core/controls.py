@@ -32,28 +32,12 @@ from lb_core.meetings import MeetingRegistry
 from lb_core.pool import DisableState, Pool, Server
 from lb_core.query import encode_value
 from lb_core.rules import EMPTY as EMPTY_RULES
-from lb_core.rules import Policy, RuleError, RuleSet, parse_rules
+from lb_core.rules import Policy, RuleError, parse_rules
 from lb_core.store import Store
 
 log = logging.getLogger("bbb_lb")
 
 SERVERS_TABLE = "servers"
-META_TABLE = "meta"
-RULES_KEY = "rules"  # the global rules changed at run time, in META_TABLE
-
-
-async def saved_global_rules(store: Store, config: Config) -> RuleSet:
-    """The global rules in force at start: those set at run time, else the config file's."""
-    saved = await store.get(META_TABLE, RULES_KEY)
-    if saved is None:
-        return config.rules
-    try:
-        rules = parse_rules(saved.get("rules"))
-    except RuleError as exc:
-        log.error("the global rules changed at run time are not loaded: %s", exc)
-        return config.rules
-    log.info("global rules: the ones set at run time (the config file's apply again after `bbb-lb rules --reset`)")
-    return rules
 
 
 class ControlError(Exception):
@@ -121,14 +105,34 @@ class ServerOverrides:
             log.info("server %s drained: now disabled", server.name)
 
 
+META_TABLE = "meta"
+RULES_KEY = "rules"  # the global rules changed at run time, in META_TABLE
+
+
+async def load_global_rules(store: Store, policy: Policy) -> None:
+    """At start: global rules set at run time replace the config file's (until ``bbb-lb rules --reset``)."""
+    saved = await store.get(META_TABLE, RULES_KEY)
+    if saved is None:
+        return
+    try:
+        policy.set_global_rules(parse_rules(saved.get("rules")))
+    except RuleError as exc:
+        log.error("the global rules changed at run time are not loaded: %s", exc)
+        return
+    log.info("global rules: the ones set at run time (the config file's apply again after `bbb-lb rules --reset`)")
+
+
 class Controls:
     def __init__(self, config: Config, pool: Pool, meetings: MeetingRegistry, backend: BackendClient,
                  lifecycle: MeetingLifecycle, integrations: Integrations, overrides: ServerOverrides,
                  locator: GeoLocator | None, poll_soon: Callable[[], None],
-                 background: Callable[[Coroutine[Any, Any, None]], None], store: Store,
-                 policy: Policy) -> None:
+                 background: Callable[[Coroutine[Any, Any, None]], None], policy: Policy | None = None,
+                 store: Store | None = None) -> None:
         """``poll_soon``: the monitor's, so a new server is polled now; ``background``: runs a task owned
-        by the LB (stopped with it)."""
+        by the LB (stopped with it); ``policy``: the rules and participant counts the handlers consult;
+        ``store``: where global rules changed at run time are kept."""
+        self.policy = policy if policy is not None else Policy(config.rules)
+        self.store = store
         self.config = config
         self.pool = pool
         self.meetings = meetings
@@ -139,8 +143,6 @@ class Controls:
         self.locator = locator
         self.poll_soon = poll_soon
         self.background = background
-        self.store = store
-        self.policy = policy
 
     def _server(self, name: str) -> Server:
         server = self.pool.get(name)
@@ -243,16 +245,7 @@ class Controls:
                  "participants": policy.participants.count(i.name), "limit_hits": policy.hits_of(i.name)}
                 for i in self.integrations]
 
-    # --- rules ---------------------------------------------------------------------------------------------
-
-    async def reset_global_rules(self) -> dict[str, Any]:
-        """Forget the global rules set at run time: the config file's apply again."""
-        await self.store.delete(META_TABLE, RULES_KEY)
-        self.policy.set_global_rules(self.config.rules)
-        log.info("global rules reset to the config file's")
-        return self.rules_of(None)
-
-    def integration(self, name: str) -> IntegrationConfig:
+    def _integration(self, name: str) -> IntegrationConfig:
         found = self.integrations.get(name)
         if found is None:
             raise NotFound(f"no integration named {name!r}")
@@ -262,7 +255,7 @@ class Controls:
         """The rules of an integration (its own and those in force) or, for None, the global ones."""
         if name is None:
             return {"rules": self.policy.global_rules.to_doc()}
-        integration = self.integration(name)
+        integration = self._integration(name)
         return {"name": name, "rules": integration.rules.to_doc(),
                 "max_duration_minutes": integration.max_duration_minutes,
                 "effective": self.policy.rules_for(integration).to_doc()}
@@ -270,15 +263,11 @@ class Controls:
     async def change_rules(self, name: str | None, changes: dict[str, Any], *, replace: bool = False) -> dict[str, Any]:
         """Set rules (``{call: {param: {op: value} | null}}``, null removing one) of an integration or, for
         None, the global ones; ``replace`` drops the rules not given."""
-        if not isinstance(changes, dict):
-            raise ControlError("the rules must be a JSON object: {create|join: {parameter: {operation: value}}}")
-        current = self.policy.global_rules if name is None else self.integration(name).rules
-        if replace:
-            current = EMPTY_RULES
-        doc = current.to_doc()
+        current = self.policy.global_rules if name is None else self._integration(name).rules
+        doc = EMPTY_RULES.to_doc() if replace else current.to_doc()
         for call, params in changes.items():
             if not isinstance(params, dict):
-                raise ControlError(f"{call}: must be an object of parameter: {{operation: value}}")
+                raise ControlError(f"rules.{call}: must be an object of parameter: {{operation: value}}")
             merged = dict(doc.get(call, {}))
             for param, rule in params.items():
                 if rule is None:
@@ -293,9 +282,18 @@ class Controls:
         if name is not None:
             await self.put_integration({"name": name, "rules": rules.to_doc()})
             return self.rules_of(name)
-        await self.store.put(META_TABLE, RULES_KEY, {"rules": rules.to_doc()})
+        if self.store is not None:
+            await self.store.put(META_TABLE, RULES_KEY, {"rules": rules.to_doc()})
         self.policy.set_global_rules(rules)
         log.info("global rules changed")
+        return self.rules_of(None)
+
+    async def reset_global_rules(self) -> dict[str, Any]:
+        """Forget the global rules set at run time: the config file's apply again."""
+        if self.store is not None:
+            await self.store.delete(META_TABLE, RULES_KEY)
+        self.policy.set_global_rules(self.config.rules)
+        log.info("global rules reset to the config file's")
         return self.rules_of(None)
 
     async def put_integration(self, spec: dict[str, Any]) -> dict[str, Any]:

@@ -13,9 +13,8 @@ from typing import Any
 from lb_core.config import ConfigError, IntegrationConfig, validate
 from lb_core.store import Store
 
-log = logging.getLogger("bbb_lb")
-
 INTEGRATIONS_TABLE = "integrations"
+log = logging.getLogger("bbb_lb")
 
 
 def stored_integration(name: str, doc: dict[str, Any]) -> IntegrationConfig:

@@ -118,8 +118,7 @@ class LbCollector(Collector):
                 families["participants"].add_metric(labels, server.participants)
                 families["load"].add_metric(labels, round(server.load(balancer, now), 3))
                 families["poll_errors"].add_metric(labels, server.poll_errors_total)
-            integrations = lb.controls.list_integrations() if lb.controls is not None else []
-            for integration in integrations:
+            for integration in lb.controls.list_integrations() if lb.controls is not None else ():
                 labels = [integration["name"]]
                 families["integration_meetings"].add_metric(labels, integration["meetings"])
                 families["integration_participants"].add_metric(labels, integration["participants"])

@@ -15,9 +15,9 @@ from typing import Any
 from lb_core.backend import BackendClient
 from lb_core.callbacks import Callbacks
 from lb_core.config import Config
-from lb_core.controls import Controls, ServerOverrides, saved_global_rules
+from lb_core.controls import Controls, ServerOverrides, load_global_rules
 from lb_core.deliveries import Deliveries
-from lb_core.events import EventLog
+from lb_core.event_log import EventLog
 from lb_core.forwarding import Forwarder
 from lb_core.gateway import Gateway
 from lb_core.geo import GeoLocator, fill_geoloc
@@ -32,7 +32,8 @@ from lb_core.placement import Locate, Placer
 from lb_core.pool import Pool, Server
 from lb_core.recording_index import RecordingIndex
 from lb_core.rules import Policy
-from lb_core.store import Store, TinyDbStore
+from lb_core.store import Store
+from lb_core.store_tinydb import TinyDbStore
 from lb_core.verify import Verifier
 
 log = logging.getLogger("bbb_lb")
@@ -76,7 +77,8 @@ class LoadBalancer:
         self.events = EventLog(store, config.record_events, config.events_retention_days)
         self.integrations = Integrations(config.integrations, store)
         self.overrides = ServerOverrides(store, self.pool, self.meetings)
-        self.policy = Policy(config.rules)  # rules (the global ones as operators left them), participants, refusals
+        self.policy = Policy(config.rules)  # the integrations' rules, participant counts, refusals by limit
+        self._poll_asked_at: dict[str, float] = {}  # server -> when the poll being taken in was asked
         self.controls: Controls | None = None  # the operators' changes, once the LB runs
         self.backend: BackendClient | None = None
         self.lifecycle: MeetingLifecycle | None = None
@@ -87,7 +89,6 @@ class LoadBalancer:
         self.instance_id = ""
         self.locator: GeoLocator | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._poll_asked_at: dict[str, float] = {}  # server -> when its poll being taken in was asked
 
     @classmethod
     async def start(cls, config: Config, store: Store | None = None, *, poll: bool = True) -> LoadBalancer:
@@ -104,7 +105,7 @@ class LoadBalancer:
         await self.events.load()
         await self.overrides.apply()
         await self.integrations.load()
-        self.policy.set_global_rules(await saved_global_rules(self.store, config))
+        await load_global_rules(self.store, self.policy)
         backend = self.backend = BackendClient(config.backend_timeout_s, config.backend_connect_timeout_s,
                                                config.max_body_bytes)
         if config.geo.database:
@@ -117,25 +118,24 @@ class LoadBalancer:
         lifecycle = self.lifecycle = api.services.lifecycle
         self.callbacks, self.gateway = api.services.callbacks, api.gateway
         await self.deliveries.resume()
-        listings = api.services.listings
-
-        def on_listing(server: Server, root: Any, asked_at: float) -> object:
-            self._poll_asked_at[server.name] = asked_at
-            return listings.remember(server, root, asked_at)
-
         self.monitor = Monitor(config, self.pool, self.meetings, backend, lifecycle.forget,
-                               after_poll=self._after_poll, on_listing=on_listing)
+                               after_poll=self._after_poll, on_listing=self._on_listing)
         self.controls = Controls(config, self.pool, self.meetings, backend, lifecycle, self.integrations,
                                  self.overrides, self.locator, self.monitor.poll_soon, self._background,
-                                 self.store, self.policy)
+                                 policy=self.policy, store=self.store)
         if poll:
             self.monitor.start()
         self._background(fill_geoloc(self.locator, self.pool))
         log.info("bbb-lb %s started: %d servers, %d meetings known, %d meeting events",
                  self.instance_id, len(self.pool), len(self.meetings), len(self.events))
 
+    def _on_listing(self, server: Server, root: Any, asked_at: float) -> object:
+        self._poll_asked_at[server.name] = asked_at
+        assert self.gateway is not None
+        return self.gateway.services.listings.remember(server, root, asked_at)
+
     async def _after_poll(self, server: Server) -> None:
-        """Take in the poll's participant counts per integration; then the operators' follow-ups (drains)."""
+        """A poll is in: its participant counts per integration, then the operators' after-poll work."""
         asked_at = self._poll_asked_at.pop(server.name, None)
         if asked_at is not None:
             self.policy.polled(server, self.meetings.on_server(server.name), asked_at)

@@ -17,7 +17,7 @@ from lb_core.api import Answer, Call
 from lb_core.backend import BackendClient
 from lb_core.calls import CallSpec
 from lb_core.config import Config
-from lb_core.events import EventLog
+from lb_core.event_log import EventLog
 from lb_core.forwarding import Forwarder
 from lb_core.lifecycle import MeetingLifecycle
 from lb_core.listings import ListingsCache

@@ -21,26 +21,23 @@ async def join(ctx: Context) -> Answer:
     record = ctx.require_meeting()
     server = ctx.server_of(record)
     trace.server = server.name
-    call = ctx.call = policy.rewrite(ctx.call)  # the integration's rules: what is checked and forwarded
+    ctx.call = call = policy.rewrite(ctx.call)  # the integration's rules (lb_core.rules)
     role = call.param("role").upper()
     password = call.param("password")
     is_moderator = bool(role == "MODERATOR" or (not role and password and password == record.moderator_pw))
-    place = policy.join_place(call.integration, is_moderator)  # or permissionDenied past max_participants
-
-    def joined() -> None:
-        policy.participants.joined(record.integration, server.name, time.monotonic())
-        lifecycle.joined(server, record, call, is_moderator)
-
+    place = policy.join_place(call.integration, is_moderator)  # max_participants, or permissionDenied
     if call.param("redirect").lower() == "false":
         try:  # the place counts while the backend is asked, so concurrent joins cannot overshoot
             answer, root = await ctx.routed(server)
         finally:
             place.release()
         if root is not None and is_success(root):
-            joined()
+            policy.participants.joined(record.integration, server.name, time.monotonic())
+            lifecycle.joined(server, record, call, is_moderator)
         return answer
     place.release()
-    joined()
+    policy.participants.joined(record.integration, server.name, time.monotonic())
+    lifecycle.joined(server, record, call, is_moderator)
     location = ctx.services.backend.signed_url(server.config, "join", call.query.text)
     trace.route = trace.result = "redirect"
     return Answer(302, b"", {"Location": location, "Content-Type": bbbxml.CONTENT_TYPE, "Cache-Control": "no-cache"})

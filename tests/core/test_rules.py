@@ -233,7 +233,6 @@ async def test_moderators_can_be_exempted(lb_factory, sim):
 async def test_rules_and_limits_change_at_run_time_and_survive_a_restart(lb_factory, sim):
     lb = await lb_factory(servers=[0], store="tinydb", integrations=moodle())
     service = lb.lb.controls
-    assert service is not None
     shown = await service.change_rules("moodle", {"create": {"duration": {"max": 15}, "welcome": {"default": "x"}}})
     assert shown["rules"] == {"create": {"duration": {"max": 15}, "welcome": {"default": "x"}}}
     await service.change_rules("moodle", {"create": {"welcome": None}})
