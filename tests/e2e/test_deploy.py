@@ -26,7 +26,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from lb_core import checksum
-from lb_core.store import TinyDbStore
+from lb_core.store_tinydb import TinyDbStore
 from tests.conftest import LB, REPO, free_port, http, wait_for
 from tests.e2e.test_admin import TOKEN, admin_url, create, wait_admin
 
