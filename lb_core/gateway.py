@@ -43,6 +43,7 @@ from lb_core.events import EventLog, EventQueryError, parse_query
 from lb_core.meetings import MeetingRecord, MeetingRegistry, meeting_key
 from lb_core.pool import Pool, Server
 from lb_core.query import RawQuery, encode_value
+from lb_core.store import StoreError
 
 log = logging.getLogger("bbb_lb.gateway")
 
@@ -184,6 +185,9 @@ class Gateway:
             return await self._handle(request)
         except ApiError as error:
             return Answer.error(error)
+        except StoreError as exc:  # Redis down or slow: one line in the log, one FAILED answer, no traceback
+            log.warning("%s %s: %s", errors.store_unavailable().message_key, request.path, exc)
+            return Answer.error(errors.store_unavailable())
         except Exception:  # the last line of defence: never a traceback to the client
             log.exception("unexpected error handling %s", request.path)
             return Answer.error(errors.internal_error())

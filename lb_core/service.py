@@ -29,7 +29,7 @@ from lb_core.monitor import Monitor
 from lb_core.outbound import OutboundClient, own_ports
 from lb_core.pool import DisableState, Pool
 from lb_core.query import encode_value
-from lb_core.store import Store, TinyDbStore
+from lb_core.store import Store, make_store
 
 log = logging.getLogger("bbb_lb")
 
@@ -75,7 +75,7 @@ class LoadBalancer:
 
     @classmethod
     async def start(cls, config: Config, store: Store | None = None, *, poll: bool = True) -> LoadBalancer:
-        lb = cls(config, store or TinyDbStore(config.store_path))
+        lb = cls(config, store or make_store(config))
         await lb._start(poll)
         return lb
 
