@@ -315,7 +315,7 @@ class RedisServer:
         for _attempt in range(20):
             port = self.port or free_port()
             args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-                    "--dir", str(self.folder), "--daemonize", "no", "--loglevel", "warning",
+                    "--dir", str(self.folder), "--daemonize", "no", "--loglevel", "warning", "--enable-debug-command", "local",
                     "--logfile", str(self.folder / "redis.log")]
             if self.password:
                 args += ["--requirepass", self.password]
