@@ -82,6 +82,21 @@ async def test_a_password_in_the_url_is_used_and_never_shown(tmp_path, opened) -
         server.stop()
 
 
+async def test_tls_with_a_password_in_a_rediss_url(tmp_path, opened) -> None:
+    server = RedisServer(tmp_path / "redis", password="tls-pw", tls=True).start()
+    try:
+        assert server.url.startswith("rediss://:tls-pw@127.0.0.1:")
+        store = await open_store(opened, server.url, "p")
+        await store.put("t", "k", {"v": 1})
+        assert await store.get("t", "k") == {"v": 1}
+        plain = RedisStore(server.url.replace("rediss://", "redis://").split("?")[0], "p", timeout_s=0.5)
+        with pytest.raises(StoreError):  # the port speaks TLS only
+            await plain.open()
+        await plain.close()
+    finally:
+        server.stop()
+
+
 async def test_unreachable_redis_is_a_clear_prompt_error(opened) -> None:
     url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
     store = RedisStore(url, "p", timeout_s=1.0)
