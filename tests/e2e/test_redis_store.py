@@ -137,10 +137,9 @@ def test_a_redis_restart_under_load_fails_calls_promptly_and_everything_resumes(
         try:
             wait_for(lambda: load.seen(lambda o: o.call == "create" and o.result == "SUCCESS", up_at), 20,
                      what="creates working again, without a restart of bbb-lb")
-        except AssertionError:
-            print([o for o in load.outcomes if o.at >= up_at][-12:])
-            print(lb.log()[-4000:])
-            raise
+        except AssertionError as exc:  # say what the calls got instead
+            raise AssertionError(f"{exc}: {[o for o in load.outcomes if o.at >= up_at][-6:]}\n"
+                                 f"{lb.log()[-3000:]}") from None
     assert lb.process.pid == pid and lb.process.poll() is None
     outcomes = load.outcomes
     bad = [o for o in outcomes if o.result not in ("SUCCESS", "REDIRECT", "FAILED:internalError",
