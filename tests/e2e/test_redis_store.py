@@ -155,6 +155,26 @@ def test_a_redis_restart_under_load_fails_calls_promptly_and_everything_resumes(
     assert "Traceback" not in lb.log()
 
 
+def test_a_slow_redis_makes_calls_fail_within_backend_timeout(lb_factory, own_redis):
+    """No store.timeout_s: a Redis that does not answer is given backend.timeout_s at most."""
+    store = {"backend": "redis", "url": own_redis.url, "prefix": "lb"}
+    lb = lb_factory(servers=[0, 1], store=store, backend={"timeout_s": 0.5, "connect_timeout_s": 0.5})
+    assert create(lb, "before").field("returncode") == "SUCCESS"
+    sleeper = threading.Thread(target=lambda: own_redis.client().execute_command("DEBUG", "SLEEP", "3"))
+    sleeper.start()
+    try:
+        time.sleep(0.1)  # Redis is asleep: it answers nobody for 3 s
+        started = time.monotonic()
+        reply = create(lb, "during-sleep", timeout=10)
+        took = time.monotonic() - started
+        assert (reply.field("returncode"), reply.field("messageKey")) == ("FAILED", "internalError"), reply.text
+        assert took < 0.5 * 2 + 0.5, took  # the backend timeout (a retry at most), not Redis's 3 s
+    finally:
+        sleeper.join()
+    wait_for(lambda: create(lb, "after-sleep").field("returncode") == "SUCCESS", 15, what="creates after the sleep")
+    assert "Traceback" not in lb.log()
+
+
 def migrate(source: Path, target: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "addons.cli", "migrate", "--from", str(source), "--to", str(target),
                            *extra], cwd=REPO, capture_output=True, text=True, timeout=60,
