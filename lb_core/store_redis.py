@@ -188,7 +188,7 @@ class RedisStore(Store):
     async def tables(self) -> list[str]:
         start = len(self._table(""))
         names = [name[start:] async for name in self._scan(self._table("*"))]
-        return sorted(names)
+        return sorted(name for name in names if ":" not in name)  # not another LB's keys under "{prefix}:t:..."
 
     async def _scan(self, pattern: str) -> AsyncIterator[str]:
         cursor: int | str = 0
