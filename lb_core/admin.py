@@ -25,10 +25,11 @@ from aiohttp import web
 
 from lb_core.balancer import exclusion_reason
 from lb_core.config import AdminConfig, ConfigError, Flag, Model, parse_request
+from lb_core.controls import ControlError, Controls, NotFound
 from lb_core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from lb_core.metrics import LbMetrics
 from lb_core.pool import Status
-from lb_core.service import ControlError, LoadBalancer, NotFound
+from lb_core.service import LoadBalancer
 
 log = logging.getLogger("bbb_lb.admin")
 
@@ -242,6 +243,12 @@ class AdminServer:
             raise web.HTTPServiceUnavailable(reason="bbb-lb is not running")
         return lb
 
+    def _controls(self) -> Controls:
+        controls = self._lb().controls
+        if controls is None:
+            raise web.HTTPServiceUnavailable(reason="bbb-lb is not running")
+        return controls
+
     # --- open routes ----------------------------------------------------------------------------------
 
     async def root(self, request: web.Request) -> web.StreamResponse:
@@ -284,34 +291,34 @@ class AdminServer:
 
     async def dashboard_data(self, request: web.Request) -> web.Response:
         lb = self._lb()
-        return json_response({"time": time.time(), "status": lb_status(lb), "servers": lb.list_servers(),
+        return json_response({"time": time.time(), "status": lb_status(lb), "servers": self._controls().list_servers(),
                               "recent": self.metrics.recent_calls()})
 
     async def list_servers(self, request: web.Request) -> web.Response:
-        return json_response(self._lb().list_servers())
+        return json_response(self._controls().list_servers())
 
     async def add_server(self, request: web.Request) -> web.Response:
         # Validated by the service with the config's own ServerConfig model.
         spec = _object(await request.read())
-        return json_response(await self._lb().add_server(spec), 201)
+        return json_response(await self._controls().add_server(spec), 201)
 
     async def remove_server(self, request: web.Request) -> web.Response:
-        return json_response(await self._lb().remove_server(request.match_info["name"]))
+        return json_response(await self._controls().remove_server(request.match_info["name"]))
 
     async def set_state(self, request: web.Request) -> web.Response:
         body = parse_request(StateBody, _object(await request.read()))
-        return json_response(await self._lb().set_state(request.match_info["name"], body.state))
+        return json_response(await self._controls().set_state(request.match_info["name"], body.state))
 
     async def drain(self, request: web.Request) -> web.Response:
         parse_request(EmptyBody, _object(await request.read()))
-        return json_response(await self._lb().drain(request.match_info["name"]))
+        return json_response(await self._controls().drain(request.match_info["name"]))
 
     async def panic(self, request: web.Request) -> web.Response:
         body = parse_request(PanicBody, _object(await request.read()))
-        return json_response(await self._lb().panic(request.match_info["name"], keep_state=body.keep_state))
+        return json_response(await self._controls().panic(request.match_info["name"], keep_state=body.keep_state))
 
     async def list_integrations(self, request: web.Request) -> web.Response:
-        return json_response(self._lb().list_integrations())
+        return json_response(self._controls().list_integrations())
 
     async def put_integration(self, request: web.Request) -> web.Response:
         # Validated by the service with the config's IntegrationConfig model, merged with the current values.
@@ -319,7 +326,7 @@ class AdminServer:
         name = request.match_info["name"]
         if spec.get("name", name) != name:
             raise BadRequest("name: must be the name in the URL")
-        return json_response(await self._lb().put_integration({**spec, "name": name}))
+        return json_response(await self._controls().put_integration({**spec, "name": name}))
 
     async def remove_integration(self, request: web.Request) -> web.Response:
-        return json_response(await self._lb().remove_integration(request.match_info["name"]))
+        return json_response(await self._controls().remove_integration(request.match_info["name"]))
