@@ -256,18 +256,20 @@ class ScriptedBackend:
 async def test_a_create_whose_meeting_cannot_be_stored_answers_internal_error(tmp_path, monkeypatch):
     from lb_core import bbbxml, checksum, config
     from lb_core.api import Request
-    from lb_core.events import EventLog
-    from lb_core.gateway import Gateway
-    from lb_core.pool import Pool, Status
+    from lb_core.pool import Status
+    from lb_core.service import LoadBalancer
 
     cfg = config.parse({"secret": "lb-secret", "store": {"path": str(tmp_path / "lb.json")},
                         "servers": [{"name": "bbb1", "url": "http://127.0.0.1:1/bigbluebutton/", "secret": "s1"}]})
     store = await opened(tmp_path / "lb.json")
-    pool = Pool(cfg.servers)
-    for server in pool:
+    lb = await LoadBalancer.start(cfg, store, poll=False)
+    for server in lb.pool:
         server.status = Status.UP
-    registry = MeetingRegistry(store)
-    gateway = Gateway(cfg, pool, registry, EventLog(store), ScriptedBackend(), "guid-1")  # type: ignore[arg-type]
+    scripted = ScriptedBackend()
+    assert lb.gateway is not None and lb.lifecycle is not None
+    lb.gateway.services.forwarder.backend = scripted  # type: ignore[assignment]
+    lb.lifecycle.backend = scripted  # type: ignore[assignment]
+    gateway, registry = lb.gateway, lb.meetings
 
     def create() -> Request:
         query = checksum.sign("create", "meetingID=room&name=Room", "lb-secret", "sha256")
@@ -277,12 +279,12 @@ async def test_a_create_whose_meeting_cannot_be_stored_answers_internal_error(tm
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", broken_fsync)
-    answer = await gateway.handle(create())
+    answer = (await gateway.handle(create())).answer
     root = bbbxml.parse(answer.body)
     assert (root.findtext("returncode"), root.findtext("messageKey")) == ("FAILED", "internalError")
     assert registry.get("default", "room") is None and await store.all("meetings") == {}
     monkeypatch.undo()
-    answer = await gateway.handle(create())
+    answer = (await gateway.handle(create())).answer
     assert bbbxml.parse(answer.body).findtext("returncode") == "SUCCESS"
     assert registry.get("default", "room") is not None
-    await store.close()
+    await lb.stop()
