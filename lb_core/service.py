@@ -30,6 +30,7 @@ from lb_core.outbound import OutboundClient, own_ports
 from lb_core.placement import Placer
 from lb_core.pool import Pool
 from lb_core.recording_index import RecordingIndex
+from lb_core.recording_service import Recordings
 from lb_core.store import Store, TinyDbStore
 from lb_core.verify import Verifier
 
@@ -53,6 +54,7 @@ class LoadBalancer:
         self.backend: BackendClient | None = None
         self.lifecycle: MeetingLifecycle | None = None
         self.gateway: Gateway | None = None
+        self.recordings: Recordings | None = None
         self.monitor: Monitor | None = None
         self.callbacks: Callbacks | None = None
         self.deliveries: Deliveries | None = None
@@ -81,7 +83,8 @@ class LoadBalancer:
             self.locator = await asyncio.to_thread(GeoLocator, config.geo.database)
         forwarder = Forwarder(config, self.pool, backend)
         listings = ListingsCache(config, self.pool, forwarder)
-        recordings = RecordingIndex(self.pool)
+        recordings = RecordingIndex(self.store, self.pool, config.recordings.retention_days)
+        await recordings.load()
         lifecycle = self.lifecycle = MeetingLifecycle(config, self.pool, self.meetings, self.events, backend,
                                                       listings, recordings)
         self.deliveries = Deliveries(self.store, OutboundClient(config.callbacks, own_ports(config), config.public_url),
@@ -90,6 +93,8 @@ class LoadBalancer:
         placer = Placer(config, self.pool, self.meetings, self.locator.locate if self.locator is not None else None)
         services = Services(config, self.pool, self.meetings, self.events, backend, forwarder, listings, recordings,
                             lifecycle, placer, self.callbacks, self.instance_id)
+        self.recordings = services.recording_changes = Recordings(
+            config, self.pool, backend, recordings, self.callbacks.recording_imported)
         self.gateway = Gateway(config, Verifier(config, self.integrations), services, self.callbacks)
         await self.deliveries.resume()
         self.monitor = Monitor(config, self.pool, self.meetings, backend, lifecycle.forget,
@@ -98,6 +103,7 @@ class LoadBalancer:
                                  self.overrides, self.locator, self.monitor.poll_soon, self._background)
         if poll:
             self.monitor.start()
+            self.recordings.start()
         self._background(fill_geoloc(self.locator, self.pool))
         log.info("bbb-lb %s started: %d servers, %d meetings known, %d meeting events",
                  self.instance_id, len(self.pool), len(self.meetings), len(self.events))
@@ -121,6 +127,8 @@ class LoadBalancer:
             self.locator.close()
         if self.monitor is not None:
             await self.monitor.stop()
+        if self.recordings is not None:
+            await self.recordings.stop()
         if self.deliveries is not None:
             await self.deliveries.close()
         if self.backend is not None:
