@@ -29,6 +29,7 @@ from lb_core.monitor import Monitor
 from lb_core.outbound import OutboundClient, own_ports
 from lb_core.placement import Placer
 from lb_core.pool import Pool
+from lb_core.recording_http import RecordingDoors
 from lb_core.recording_index import RecordingIndex
 from lb_core.recording_service import Recordings
 from lb_core.store import Store, TinyDbStore
@@ -96,6 +97,7 @@ class LoadBalancer:
         self.recordings = services.recording_changes = Recordings(
             config, self.pool, backend, recordings, self.callbacks.recording_imported)
         self.gateway = Gateway(config, Verifier(config, self.integrations), services, self.callbacks)
+        self.gateway.recording_doors = RecordingDoors(self.recordings, config.recordings_public_url)
         await self.deliveries.resume()
         self.monitor = Monitor(config, self.pool, self.meetings, backend, lifecycle.forget,
                                after_poll=self.overrides.after_poll, on_listing=listings.remember)
