@@ -282,6 +282,38 @@ class Recordings:
             return f"the recording is indexed from {current['server']!r}, not {server!r}"
         return ""
 
+    # --- operators ----------------------------------------------------------------------------------
+
+    def summary(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """One recording as operators see it (admin API, ``bbb-lb recordings``)."""
+        return {"record_id": doc["record_id"], "meeting_id": doc.get("meeting_id", ""),
+                "integration": doc.get("integration", ""), "name": doc.get("name", ""),
+                "state": doc.get("state", ""), "start_time": doc.get("start_time", 0),
+                "end_time": doc.get("end_time", 0), "participants": doc.get("participants", 0),
+                "server": doc.get("server", ""), "source": doc.get("source", ""),
+                "stored_formats": doc.get("stored_formats") or [], "size": doc.get("size", 0),
+                "pending": doc.get("pending") or {}, "metadata": doc.get("metadata", {}),
+                "playback": [f.get("type", "") for f in doc.get("playback", [])]}
+
+    def list_for_operator(self, *, state: str = "", integration: str = "", meeting_id: str = "",
+                          limit: int = 100) -> list[dict[str, Any]]:
+        docs = [d for d in self.index.documents()
+                if (not state or d.get("state") == state) and (not integration or d.get("integration") == integration)
+                and (not meeting_id or d.get("meeting_id") == meeting_id)]
+        docs.sort(key=lambda d: (-int(d.get("start_time") or 0), d["record_id"]))
+        return [self.summary(d) for d in docs[:max(1, limit)]]
+
+    async def operator_action(self, record_id: str, action: str) -> dict[str, Any]:
+        """publish, unpublish or delete one recording, as an integration's call would (origin told too)."""
+        doc = self.index.get(record_id)
+        if doc is None:
+            raise KeyError(record_id)
+        if doc.get("state") == "deleted":
+            raise ValueError("the recording is deleted")
+        state = {"publish": "published", "unpublish": "unpublished", "delete": "deleted"}[action]
+        await self.change([doc], state=state)
+        return self.summary(self.index.get(record_id) or doc)
+
     def status(self) -> dict[str, Any]:
         return {"counts": self.index.counts(), "total": len(self.index),
                 "last_imports": list(reversed(self.index.last_imports[-10:])), "last_sync": self.last_sync,
