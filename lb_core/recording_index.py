@@ -144,6 +144,7 @@ class RecordingIndex:
         self._docs: dict[str, dict[str, Any]] = {}
         self._by_meeting: dict[tuple[str, str], set[str]] = {}
         self._by_integration: dict[str, set[str]] = {}
+        self._counts: dict[str, int] = dict.fromkeys(STATES, 0)  # by state, kept as documents change
         # internalMeetingID -> (server, integration), learned from creates: a recording's origin before any sync.
         self._created: LruCache[str, tuple[str, str]] = LruCache(INTERNAL_IDS_MAX)
         self.last_imports: list[dict[str, Any]] = []  # newest last, bounded: the dashboard's "last imports"
@@ -161,12 +162,16 @@ class RecordingIndex:
         if old is not None:
             self._unkeep(old)
         self._docs[record_id] = doc
+        state = doc.get("state", "processed")
+        self._counts[state] = self._counts.get(state, 0) + 1
         owner = doc.get("integration", "default")
         self._by_meeting.setdefault((owner, doc.get("meeting_id", "")), set()).add(record_id)
         self._by_integration.setdefault(owner, set()).add(record_id)
 
     def _unkeep(self, doc: dict[str, Any]) -> None:
         owner, record_id = doc.get("integration", "default"), doc["record_id"]
+        state = doc.get("state", "processed")
+        self._counts[state] = self._counts.get(state, 0) - 1
         key = (owner, doc.get("meeting_id", ""))
         ids = self._by_meeting.get(key)
         if ids is not None:
@@ -204,10 +209,7 @@ class RecordingIndex:
         return list(self._docs.values())
 
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(STATES, 0)
-        for doc in self._docs.values():
-            counts[doc.get("state", "processed")] = counts.get(doc.get("state", "processed"), 0) + 1
-        return counts
+        return dict(self._counts)
 
     def query(self, owner: str, query: Query) -> tuple[list[dict[str, Any]], int]:
         """``owner``'s recordings matching every filter, newest first, paged; and how many matched."""

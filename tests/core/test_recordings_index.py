@@ -96,11 +96,13 @@ async def test_deleted_recordings_are_listed_only_for_state_deleted_and_leave_af
     await lb.call("deleteRecordings", {"recordID": "rec-1"})
     assert record_ids(await lb.call("getRecordings", {"state": "any"})) == []
     assert record_ids(await lb.call("getRecordings", {"state": "deleted"})) == ["rec-1"]
+    assert lb.lb.recordings.index.counts()["deleted"] == 1 and lb.lb.recordings.index.counts()["published"] == 0
     assert (await lb.call("publishRecordings", {"recordID": "rec-1", "publish": "true"})).field("messageKey") == "notFound"
     index = lb.lb.recordings.index
     assert await index.purge(now=int(time.time() * 1000) + 29 * DAY_MS) == []
     assert [d["record_id"] for d in await index.purge(now=int(time.time() * 1000) + 31 * DAY_MS)] == ["rec-1"]
     assert record_ids(await lb.call("getRecordings", {"state": "deleted"})) == []
+    assert lb.lb.recordings.index.counts()["deleted"] == 0
 
 
 async def test_each_integration_sees_its_own_newest_first_and_paged(lb_factory, sim):
