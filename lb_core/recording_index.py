@@ -275,7 +275,7 @@ class RecordingIndex:
             return current  # the index's change waits to be pushed to the server
         changed = {k: v for k, v in found.items()
                    if k not in ("integration",) and current.get(k) != v
-                   and not (k == "playback" and current.get("stored_formats"))}
+                   and not (k in ("playback", "size") and current.get("stored_formats"))}
         if changed or not current.get("server"):
             await self.save({**current, **changed, "server": server})
         return self._docs[found["record_id"]]

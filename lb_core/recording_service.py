@@ -273,13 +273,20 @@ class Recordings:
     def _refuse_foreign(self, doc: dict[str, Any], server: str | None) -> str:
         """A server may ship only recordings of meetings it held, when the LB knows where they were."""
         if server is None:
-            return ""
+            return self._refuse_deleted(doc)
         created = self.index._created.get(doc.get("internal_meeting_id", ""))
         if created is not None and created[0] != server:
             return f"the recording's meeting ran on {created[0]!r}, not on {server!r}"
         current = self.index.get(doc["record_id"])
         if current is not None and current.get("server") not in ("", None, server):
             return f"the recording is indexed from {current['server']!r}, not {server!r}"
+        return self._refuse_deleted(doc)
+
+    def _refuse_deleted(self, doc: dict[str, Any]) -> str:
+        """A recording deleted through the LB stays deleted: a late upload does not bring it back."""
+        current = self.index.get(doc["record_id"])
+        if current is not None and current.get("state") == "deleted":
+            return "the recording was deleted"
         return ""
 
     # --- operators ----------------------------------------------------------------------------------

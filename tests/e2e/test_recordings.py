@@ -170,3 +170,27 @@ def test_hostile_uploads_are_refused_and_leave_nothing(rec_lb: LB, publishing_si
     answer = raw_upload(lb, {"Authorization": f"Bearer {ok_token}"}, good)
     assert b" 200 " in answer.split(b"\r\n", 1)[0], answer
     assert urlsplit(lb.url).port == lb.port
+
+
+def test_spool_import_reports_each_archive_and_sets_refused_ones_aside(rec_lb: LB, publishing_sim: Simulator,
+                                                                       tmp_path: Path) -> None:
+    lb = rec_lb
+    publishing_sim.control("/servers/bbb1/recordings", {"meetingID": "spool", "recordID": "rec-spool"})
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    with tarfile.open(spool / "good.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "published" / "bbb1" / "presentation" / "rec-spool", arcname="presentation/rec-spool")
+    with tarfile.open(spool / "bad.tar", "w") as tar:
+        info = tarfile.TarInfo("presentation/rec-x/link")
+        info.type = tarfile.SYMTYPE
+        info.linkname = "/etc/shadow"
+        tar.addfile(info)
+    done = cli(lb, "recordings", "import", str(spool), check=False)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "good.tar.gz: imported recording rec-spool" in done.stdout
+    assert "bad.tar: refused: member 'presentation/rec-x/link': links are not allowed" in done.stdout
+    assert not (spool / "good.tar.gz").exists() and (spool / "refused" / "bad.tar").exists()
+    assert "links" in (spool / "refused" / "bad.tar.reason").read_text()
+    shown = json.loads(cli(lb, "recordings", "show", "rec-spool").stdout)
+    assert shown["stored_formats"] == ["presentation"] and shown["state"] == "published"
+    assert http(f"{lb.url}/recordings/presentation/rec-spool/").status == 200
