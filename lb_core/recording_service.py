@@ -15,8 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +62,7 @@ class Recordings:
         self._task: asyncio.Task[None] | None = None
         self._syncing: dict[str, asyncio.Lock] = {}
         self.last_sync: dict[str, dict[str, Any]] = {}
+        self._worker: ProcessPoolExecutor | None = None  # started on the first import
 
     @property
     def storage(self) -> Path | None:
@@ -82,6 +86,9 @@ class Recordings:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._worker is not None:
+            worker, self._worker = self._worker, None
+            await asyncio.to_thread(worker.shutdown, True, cancel_futures=True)
 
     async def _sync_forever(self) -> None:
         while True:
@@ -178,6 +185,16 @@ class Recordings:
 
     # --- imports ------------------------------------------------------------------------------------
 
+    async def _in_worker(self, function: Any, *args: Any) -> Any:
+        """Tar work in a worker process of its own: a 100 MB import must not take the GIL from the API."""
+        if self._worker is None:
+            self._worker = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._worker, function, *args)
+        except BrokenProcessPool:
+            self._worker = None
+            raise ArchiveRefused("the import worker died; try again") from None
+
     def authorize(self, authorization: str) -> Server:
         """The server an upload comes from: ``Bearer <JWT>``, HS256 with its own secret, ``sub`` its name,
         ``exp`` at most 10 minutes ahead. Cheap and bounded: runs before the body is read."""
@@ -218,8 +235,8 @@ class Recordings:
         try:
             if storage is None:
                 raise ArchiveRefused("recordings.storage is not set")
-            imported = await asyncio.to_thread(recording_archive.import_archive, path, storage,
-                                               self.settings.max_upload_bytes)
+            imported = await self._in_worker(recording_archive.import_archive, path, storage,
+                                             self.settings.max_upload_bytes)
         except ArchiveRefused as exc:
             entry.update(result="refused", reason=str(exc))
             log.warning("recording archive %s refused: %s", entry["file"], exc)

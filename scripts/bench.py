@@ -774,9 +774,13 @@ def recording_archive(folder: Path, record_id: str, size: int) -> Path:
 
 async def upload_forever(url: str, archive: Path, server: SimServer, stop_after: float) -> None:
     """POST the archive again and again (each import replaces the last) for ``stop_after`` seconds."""
+    import warnings
+
     import jwt
 
+    warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)  # the simulator's short secrets
     deadline = time.monotonic() + stop_after
+    uploads = 0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
         while time.monotonic() < deadline:
             token = jwt.encode({"sub": server.name, "exp": int(time.time()) + 300}, server.secret, algorithm="HS256")
@@ -784,7 +788,10 @@ async def upload_forever(url: str, archive: Path, server: SimServer, stop_after:
                 async with session.post(url + "/bigbluebutton/lb/recordings", data=body,
                                         headers={"Authorization": f"Bearer {token}",
                                                  "Content-Type": "application/x-tar"}) as response:
-                    await response.read()
+                    answer = await response.text()
+                    uploads += 1
+                    if response.status != 200 or uploads == 1:
+                        print(f"  upload {uploads}: HTTP {response.status} {answer[:160]}", flush=True)
 
 
 def bbb_lb_cases(command: list[str] | None) -> list[Case]:
