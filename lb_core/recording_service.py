@@ -112,6 +112,7 @@ class Recordings:
         async with lock:
             seen = 0
             offset = 0
+            previous_first: str | None = None
             for _ in range(SYNC_MAX_PAGES):
                 query = f"state=any&offset={offset}&limit={SYNC_PAGE}"
                 try:
@@ -124,6 +125,10 @@ class Recordings:
                 if bbbxml.returncode(root) != "SUCCESS":
                     break
                 nodes = root.findall("recordings/recording")
+                first = nodes[0].findtext("recordID") if nodes else None
+                if offset and first == previous_first:
+                    break  # the server ignores offset/limit: this page is the last one again
+                previous_first = first
                 for node in nodes:
                     await self.index.synced(server.name, node)
                 seen += len(nodes)

@@ -303,3 +303,30 @@ async def test_recording_ready_fires_after_the_import_signed_for_the_integration
         assert payload == {"meeting_id": "room", "record_id": internal}
     finally:
         await runner.cleanup()
+
+
+async def test_the_sync_pages_through_a_large_server_and_stops_when_pagination_is_ignored(lb, sim, monkeypatch):
+    for i in range(250):
+        sim.add_recording("bbb1", f"room-{i % 10}", f"rec-{i:03d}")
+    assert await lb.lb.recordings.sync_server(lb.lb.pool.get("bbb1")) == 250
+    assert len(lb.lb.recordings.index) == 250
+    # A server that ignores offset/limit and holds exactly one page: read once, not forever.
+    server = sim.server("bbb2")
+    for i in range(100):
+        sim.add_recording("bbb2", "room-x", f"old-{i:03d}")
+    import dataclasses
+
+    import bbbsim
+
+    original = bbbsim._CALLS["getRecordings"]
+    asked: list[str] = []
+
+    async def no_pagination(self, call):  # type: ignore[no-untyped-def]
+        if self is server:
+            asked.append(call.params.pop("offset", ""))
+            call.params.pop("limit", None)
+        return await original.handler(self, call)
+
+    monkeypatch.setitem(bbbsim._CALLS, "getRecordings", dataclasses.replace(original, handler=no_pagination))
+    assert await lb.lb.recordings.sync_server(lb.lb.pool.get("bbb2")) == 100
+    assert asked == ["0", "100"] and len(lb.lb.recordings.index) == 350
