@@ -62,6 +62,7 @@ class Callbacks:
         self.public_url = public_url.rstrip("/")
         self.meeting_ended = meeting_ended
         self.deliveries = deliveries
+        self.on_recording_ready: Callable[[str], None] | None = None  # a server has a new recording
 
     # --- on create ----------------------------------------------------------------------------------
 
@@ -179,6 +180,8 @@ class Callbacks:
             return (401, "invalidSignature", "The callback is not signed by the meeting's server.")
         if payload.get("meeting_id") != doc["meeting_id"]:
             return (401, "invalidSignature", "The callback is for another meeting.")
+        if self.on_recording_ready is not None:
+            self.on_recording_ready(doc["server"])  # the index learns of the recording now, not at the next sync
         if doc.get("fired"):  # the LB fired it already, after importing the recording
             return (200, "SUCCESS", "Callback received.")
         await self.deliveries.later({

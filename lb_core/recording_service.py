@@ -63,6 +63,7 @@ class Recordings:
         self._syncing: dict[str, asyncio.Lock] = {}
         self.last_sync: dict[str, dict[str, Any]] = {}
         self._worker: ProcessPoolExecutor | None = None  # started on the first import
+        self._soon: set[asyncio.Task[int]] = set()
 
     @property
     def storage(self) -> Path | None:
@@ -81,6 +82,8 @@ class Recordings:
             self._task = asyncio.create_task(self._sync_forever(), name="bbb-lb recordings sync")
 
     async def stop(self) -> None:
+        for task in list(self._soon):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -103,6 +106,15 @@ class Recordings:
         for doc in await self.index.purge():
             if doc.get("stored_formats") and self.storage is not None:
                 await asyncio.to_thread(recording_archive.remove_deleted, self.storage, doc["record_id"])
+
+    def sync_soon(self, server_name: str) -> None:
+        """A server says it has a new recording (its recording-ready callback): read it into the index now."""
+        server = self.pool.get(server_name)
+        if server is None or not server.healthy:
+            return
+        task = asyncio.create_task(self.sync_server(server), name=f"bbb-lb recordings sync {server_name}")
+        self._soon.add(task)
+        task.add_done_callback(self._soon.discard)
 
     async def sync_server(self, server: Server) -> int:
         """Read all of one server's recordings into the index, then push what it missed; answers how many."""

@@ -98,6 +98,7 @@ class LoadBalancer:
             config, self.pool, backend, recordings, self.callbacks.recording_imported)
         self.gateway = Gateway(config, Verifier(config, self.integrations), services, self.callbacks)
         self.gateway.recording_doors = RecordingDoors(self.recordings, config.recordings_public_url)
+        self.callbacks.on_recording_ready = self.recordings.sync_soon
         await self.deliveries.resume()
         self.monitor = Monitor(config, self.pool, self.meetings, backend, lifecycle.forget,
                                after_poll=self.overrides.after_poll, on_listing=listings.remember)

@@ -45,6 +45,10 @@ async def get_recordings(ctx: Context) -> Answer:
         limit=_non_negative(call.param("limit"), "limit", None),
     )
     services = ctx.services
+    if query.record_ids:
+        # An ID the index does not know yet (processed since the last sync) is looked up on the live servers.
+        from lb_core.handlers.recordings import learn_unindexed
+        await learn_unindexed(ctx, query.record_ids)
     selected, total = services.recordings.query(call.integration.name, query)
     if not selected:
         return ctx.success([("recordings", []), ("messageKey", "noRecordings"),

@@ -63,16 +63,23 @@ async def recordings_action(ctx: Context) -> Answer:
     return ctx.success([("updated", True)])
 
 
+async def learn_unindexed(ctx: Context, record_ids: list[str]) -> None:
+    """Recordings the index does not know by ID are asked of the live servers (bounded: 100 IDs per call)."""
+    index = ctx.services.recordings
+    missing = [r for r in record_ids if index.get(r) is None][:100]
+    if not missing:
+        return
+    query = RawQuery.parse("recordID=" + encode_value(",".join(missing)) + "&state=any")
+    for server, root in await ctx.services.forwarder.fan_out("getRecordings", query, ctx.trace):
+        for node in root.iterfind("recordings/recording"):
+            if (node.findtext("recordID") or "") in missing:
+                await index.synced(server.name, node)
+
+
 async def indexed_recordings(ctx: Context, record_ids: list[str]) -> list[dict[str, Any]]:
     """The caller's recordings by ID, not deleted; one not indexed yet is looked for on the live servers."""
     index, owner = ctx.services.recordings, ctx.call.integration.name
-    missing = [r for r in record_ids if index.owned(r, owner) is None]
-    if missing:
-        query = RawQuery.parse("recordID=" + encode_value(",".join(missing)) + "&state=any")
-        for server, root in await ctx.services.forwarder.fan_out("getRecordings", query, ctx.trace):
-            for node in root.iterfind("recordings/recording"):
-                if (node.findtext("recordID") or "") in missing:
-                    await index.synced(server.name, node)
+    await learn_unindexed(ctx, record_ids)
     docs = [index.owned(r, owner) for r in record_ids]
     found = [d for d in docs if d is not None and d.get("state") != "deleted"]
     if len(found) != len(record_ids):

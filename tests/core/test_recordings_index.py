@@ -330,3 +330,32 @@ async def test_the_sync_pages_through_a_large_server_and_stops_when_pagination_i
     monkeypatch.setitem(bbbsim._CALLS, "getRecordings", dataclasses.replace(original, handler=no_pagination))
     assert await lb.lb.recordings.sync_server(lb.lb.pool.get("bbb2")) == 100
     assert asked == ["0", "100"] and len(lb.lb.recordings.index) == 350
+
+
+async def test_a_recording_asked_for_by_id_is_found_before_the_next_sync(lb, sim):
+    sim.add_recording("bbb5", "room", "fresh-1")
+    assert record_ids(await lb.call("getRecordings", {"recordID": "fresh-1"})) == ["fresh-1"]
+    assert lb.lb.recordings.index.get("fresh-1")["server"] == "bbb5"
+
+
+async def test_a_recording_ready_callback_syncs_its_server_at_once(lb_factory, sim):
+    from tests.core.conftest import until
+
+    lb = await lb_factory(callbacks={"allowed_networks": ["127.0.0.0/8"]})
+    await lb.call("create", {"meetingID": "room", "name": "Room", "record": "true",
+                             "meta_bbb-recording-ready-url": "http://127.0.0.1:9/ready"})
+    holder = sim.server_of("room")
+    server = sim.server(holder)
+    server.spec.recording_ready_delay = 0
+    await sim.end(holder, "room")  # the simulator makes the recording and calls the LB's recording-ready URL
+    sent = await until(lambda: [c for c in server.callbacks if c["kind"] == "recording_ready"], what="the callback")
+    assert record_ids_sync(lb) == []
+    from urllib.parse import urlencode
+    reply = await lb.http(sent[0]["url"], method="POST", data=urlencode(sent[0]["data"]).encode(),
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert reply.status == 200, reply.text
+    await until(lambda: record_ids_sync(lb) == ["room"], what="the recording in the index")
+
+
+def record_ids_sync(lb) -> list[str]:  # type: ignore[no-untyped-def]
+    return [d["meeting_id"] for d in lb.lb.recordings.index.documents()]
