@@ -73,14 +73,14 @@ def import_one(client: AdminClient, archive: Path, keep: bool) -> dict[str, Any]
     outcome = client.call("POST", "/api/recordings/import", {"path": str(archive.resolve())})
     result = outcome.get("result", "refused")
     if result == "refused":
-        print(f"{archive}: refused: {outcome.get('reason', '')}")
+        print(f"{archive}: refused: {outcome.get('reason', '')}", flush=True)
         if not keep:
             refused = archive.parent / "refused"
             refused.mkdir(exist_ok=True)
             os.replace(archive, refused / archive.name)
             (refused / (archive.name + ".reason")).write_text(str(outcome.get("reason", "")) + "\n", encoding="utf-8")
     else:
-        print(f"{archive}: {result} recording {outcome.get('record_id')}")
+        print(f"{archive}: {result} recording {outcome.get('record_id')}", flush=True)
         if not keep:
             with contextlib.suppress(OSError):
                 archive.unlink()

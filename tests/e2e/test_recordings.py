@@ -194,3 +194,25 @@ def test_spool_import_reports_each_archive_and_sets_refused_ones_aside(rec_lb: L
     shown = json.loads(cli(lb, "recordings", "show", "rec-spool").stdout)
     assert shown["stored_formats"] == ["presentation"] and shown["state"] == "published"
     assert http(f"{lb.url}/recordings/presentation/rec-spool/").status == 200
+
+
+def test_watch_mode_imports_archives_as_they_appear(rec_lb: LB, publishing_sim: Simulator, tmp_path: Path) -> None:
+    lb = rec_lb
+    publishing_sim.control("/servers/bbb2/recordings", {"meetingID": "watched", "recordID": "rec-watch"})
+    spool = tmp_path / "watched-spool"
+    spool.mkdir()
+    watcher = subprocess.Popen([sys.executable, "-m", "addons.cli", "recordings", "import", str(spool), "--watch",
+                                "--interval", "0.2", "--config", str(lb.config_path)],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        partial = spool / "rec-watch.tar.gz.part"
+        with tarfile.open(partial, "w:gz") as tar:
+            tar.add(tmp_path / "published" / "bbb2" / "presentation" / "rec-watch", arcname="presentation/rec-watch")
+        partial.rename(spool / "rec-watch.tar.gz")  # as a spool writer should: the name appears when complete
+        wait_for(lambda: not (spool / "rec-watch.tar.gz").exists(), timeout=30, what="the watcher's import")
+        shown = json.loads(cli(lb, "recordings", "show", "rec-watch").stdout)
+        assert shown["stored_formats"] == ["presentation"] and shown["source"] == "import"
+    finally:
+        watcher.terminate()
+        output = watcher.communicate(timeout=10)[0]
+    assert "rec-watch.tar.gz: imported recording rec-watch" in output
