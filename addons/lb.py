@@ -100,8 +100,9 @@ class BbbLoadBalancer:
         """A recording upload: the server's token and the size are judged from the head, and the body is
         written to a spool file as it arrives (never held in memory), up to recordings.max_upload_bytes."""
         recordings = self.lb.recordings if self.lb is not None else None
-        if recordings is None:
-            return  # not started yet: the gateway answers once the body is in
+        if recordings is None:  # not started yet: the gateway answers once the (small) body is in
+            flow.metadata[BODY_LIMIT] = self.config.limits.max_body_bytes if self.config is not None else 0
+            return
         refusal: UploadRefused | None = None
         try:
             if flow.request.method != "POST":

@@ -247,8 +247,9 @@ class ConnectionLimits:
                 400, protocol_error_response_body(400), {**bbbxml.XML_HEADERS}))
             return
         if _expects_body(flow.request):
-            # A recording archive may take long to arrive (GBs): an hour, however short the API calls' limit.
-            upload = flow.request.path.partition("?")[0] == "/bigbluebutton/lb/recordings"
+            # An authorised recording upload (its body spooled: the lb addon ran first and checked the
+            # server's token) may take long to arrive (GBs): an hour, however short the API calls' limit.
+            upload = flow.metadata.get(SPOOL) is not None
             seconds = max(self.limits.request_body_timeout_s, UPLOAD_BODY_TIMEOUT_S) if upload else \
                 self.limits.request_body_timeout_s
             watched.deadline = time.monotonic() + seconds

@@ -216,3 +216,24 @@ def test_watch_mode_imports_archives_as_they_appear(rec_lb: LB, publishing_sim: 
         watcher.terminate()
         output = watcher.communicate(timeout=10)[0]
     assert "rec-watch.tar.gz: imported recording rec-watch" in output
+
+
+def test_an_unauthorised_upload_gets_no_upload_time(tmp_path: Path, publishing_sim: Simulator) -> None:
+    """Only a server's signed upload may take long to arrive; a refused one is cut off at the API calls' limit."""
+    lb = make_lb(tmp_path, publishing_sim, servers=[], recordings={"storage": str(tmp_path / "storage")},
+                 limits={"request_body_timeout_s": 1})
+    lb.config["servers"] = [{k: v for k, v in s.items() if k != "published_dir"} for s in publishing_sim.servers]
+    lb.start()
+    try:
+        forged = jwt.encode({"sub": "bbb1", "exp": int(time.time()) + 300}, "wrong", algorithm="HS256")
+        with socket.create_connection(("127.0.0.1", lb.port), timeout=10) as conn:
+            conn.sendall(b"POST /bigbluebutton/lb/recordings HTTP/1.1\r\nHost: lb\r\nAuthorization: Bearer "
+                         + forged.encode() + b"\r\nContent-Length: 1000000000\r\n\r\n" + b"x" * 1000)
+            started = time.monotonic()
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+            assert b" 401 " in data.split(b"\r\n", 1)[0]
+            assert time.monotonic() - started < 8  # closed after ~1 s, not held for an hour
+    finally:
+        lb.stop()
