@@ -15,9 +15,8 @@ from addons.limits import BODY_LIMIT, SPOOL, Spool, answer_and_close
 from lb_core import bbbxml, errors
 from lb_core import config as lb_config
 from lb_core.api import API_PREFIX, Answer, Request
-from lb_core.config import UPLOAD_CALLS
 from lb_core.errors import ApiError, request_too_large
-from lb_core.handlers import CALLS
+from lb_core.handlers import CALLS, is_upload
 from lb_core.recording_http import UPLOAD_PATH
 from lb_core.recording_service import UploadRefused
 from lb_core.service import LoadBalancer
@@ -75,14 +74,15 @@ class BbbLoadBalancer:
             return
         call = path[len(API_PREFIX) + 1:].removesuffix(".xml") if path.startswith(API_PREFIX + "/") else ""
         headers = flow.request.headers
+        upload = is_upload(call)
         error: ApiError | None = None
         if len(raw_query) > limits.max_query_bytes:
             error = request_too_large()
         elif "transfer-encoding" not in headers:  # a chunked body is measured as it streams in
             length = headers.get("content-length", "").strip()
-            if length.isdigit() and int(length) > limits.body_limit(call):
+            if length.isdigit() and int(length) > limits.body_limit(upload):
                 error = request_too_large()
-        if error is None and call in UPLOAD_CALLS and not _small_body(headers, limits.max_body_bytes):
+        if error is None and upload and not _small_body(headers, limits.max_body_bytes):
             error = self._unsigned_upload(flow, call, raw_query)
         if error is not None:
             handled = refused(error, call[:64])
@@ -94,7 +94,7 @@ class BbbLoadBalancer:
                 self.answer(flow, handled, 0.0)
             return
         # Checked again as the body streams in: a chunked body has no length to judge by here.
-        flow.metadata[BODY_LIMIT] = limits.body_limit(call)
+        flow.metadata[BODY_LIMIT] = limits.body_limit(upload)
 
     def _recording_upload_headers(self, flow: http.HTTPFlow) -> None:
         """A recording upload: the server's token and the size are judged from the head, and the body is

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from lb_core.backend import BackendClient
@@ -27,17 +28,50 @@ from lb_core.listings import ListingsCache
 from lb_core.meetings import MeetingRegistry
 from lb_core.monitor import Monitor
 from lb_core.outbound import OutboundClient, own_ports
-from lb_core.placement import Placer
+from lb_core.placement import Locate, Placer
 from lb_core.pool import Pool
 from lb_core.recording_http import RecordingDoors
 from lb_core.recording_index import RecordingIndex
 from lb_core.recording_service import Recordings
 from lb_core.store import Store, TinyDbStore
+from lb_core.store_memory import MemoryStore
 from lb_core.verify import Verifier
 
 log = logging.getLogger("bbb_lb")
 
 META_TABLE = "meta"
+
+
+@dataclass(frozen=True, slots=True)
+class Api:
+    """The API side of an LB: the gateway and the services its handlers use."""
+
+    gateway: Gateway
+    services: Services
+
+
+def assemble(config: Config, pool: Pool, meetings: MeetingRegistry, events: EventLog, backend: BackendClient,
+             integrations: Integrations, instance_id: str, *, locate: Locate | None = None,
+             store: Store | None = None, deliveries: Deliveries | None = None) -> Api:
+    """The gateway and its services, each built after what it needs (callbacks only with a store and
+    ``deliveries``). ``LoadBalancer`` starts this (and loads the recordings index); tests may build it over
+    a scripted backend (their index then lives in memory)."""
+    forwarder = Forwarder(config, pool, backend)
+    listings = ListingsCache(config, pool, forwarder)
+    recordings = RecordingIndex(store if store is not None else MemoryStore(), pool, config.recordings.retention_days)
+    lifecycle = MeetingLifecycle(config, pool, meetings, events, backend, listings, recordings)
+    callbacks = (Callbacks(store, pool, config.public_url, lifecycle.meeting_ended, deliveries)
+                 if store is not None and deliveries is not None else None)
+    services = Services(config, pool, meetings, events, backend, forwarder, listings, recordings, lifecycle,
+                        Placer(config, pool, meetings, locate), callbacks, instance_id)
+    # Recordings that outlive their servers: sync, imports, changes; uploads and playback on the API port.
+    changes = services.recording_changes = Recordings(
+        config, pool, backend, recordings, callbacks.recording_imported if callbacks is not None else None)
+    if callbacks is not None:
+        callbacks.on_recording_ready = changes.sync_soon
+    gateway = Gateway(config, Verifier(config, integrations), services, callbacks)
+    gateway.recording_doors = RecordingDoors(changes, config.recordings_public_url)
+    return Api(gateway, services)
 
 
 class LoadBalancer:
@@ -82,26 +116,18 @@ class LoadBalancer:
                                                config.max_body_bytes)
         if config.geo.database:
             self.locator = await asyncio.to_thread(GeoLocator, config.geo.database)
-        forwarder = Forwarder(config, self.pool, backend)
-        listings = ListingsCache(config, self.pool, forwarder)
-        recordings = RecordingIndex(self.store, self.pool, config.recordings.retention_days)
-        await recordings.load()
-        lifecycle = self.lifecycle = MeetingLifecycle(config, self.pool, self.meetings, self.events, backend,
-                                                      listings, recordings)
         self.deliveries = Deliveries(self.store, OutboundClient(config.callbacks, own_ports(config), config.public_url),
                                      self.integrations, config.callback_retry_delays_s)
-        self.callbacks = Callbacks(self.store, self.pool, config.public_url, lifecycle.meeting_ended, self.deliveries)
-        placer = Placer(config, self.pool, self.meetings, self.locator.locate if self.locator is not None else None)
-        services = Services(config, self.pool, self.meetings, self.events, backend, forwarder, listings, recordings,
-                            lifecycle, placer, self.callbacks, self.instance_id)
-        self.recordings = services.recording_changes = Recordings(
-            config, self.pool, backend, recordings, self.callbacks.recording_imported)
-        self.gateway = Gateway(config, Verifier(config, self.integrations), services, self.callbacks)
-        self.gateway.recording_doors = RecordingDoors(self.recordings, config.recordings_public_url)
-        self.callbacks.on_recording_ready = self.recordings.sync_soon
+        api = assemble(config, self.pool, self.meetings, self.events, backend, self.integrations, self.instance_id,
+                       locate=self.locator.locate if self.locator is not None else None,
+                       store=self.store, deliveries=self.deliveries)
+        lifecycle = self.lifecycle = api.services.lifecycle
+        self.callbacks, self.gateway = api.services.callbacks, api.gateway
+        self.recordings = api.services.recording_changes
+        await api.services.recordings.load()
         await self.deliveries.resume()
         self.monitor = Monitor(config, self.pool, self.meetings, backend, lifecycle.forget,
-                               after_poll=self.overrides.after_poll, on_listing=listings.remember)
+                               after_poll=self.overrides.after_poll, on_listing=api.services.listings.remember)
         self.controls = Controls(config, self.pool, self.meetings, backend, lifecycle, self.integrations,
                                  self.overrides, self.locator, self.monitor.poll_soon, self._background)
         if poll:

@@ -88,7 +88,7 @@ async def indexed_recordings(ctx: Context, record_ids: list[str]) -> list[dict[s
 
 
 @bbb_call("getRecordingTextTracks", json=True)
-@bbb_call("putRecordingTextTrack", content_types=("multipart/form-data",), json=True)
+@bbb_call("putRecordingTextTrack", content_types=("multipart/form-data",), json=True, upload=True)
 async def routed_by_recording(ctx: Context) -> Answer:
     """Text tracks: BBB answers these in JSON, its errors too."""
     record_id = ctx.call.param("recordID")

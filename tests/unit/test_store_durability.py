@@ -256,20 +256,20 @@ class ScriptedBackend:
 async def test_a_create_whose_meeting_cannot_be_stored_answers_internal_error(tmp_path, monkeypatch):
     from lb_core import bbbxml, checksum, config
     from lb_core.api import Request
-    from lb_core.pool import Status
-    from lb_core.service import LoadBalancer
+    from lb_core.events import EventLog
+    from lb_core.integrations import Integrations
+    from lb_core.pool import Pool, Status
+    from lb_core.service import assemble
 
     cfg = config.parse({"secret": "lb-secret", "store": {"path": str(tmp_path / "lb.json")},
                         "servers": [{"name": "bbb1", "url": "http://127.0.0.1:1/bigbluebutton/", "secret": "s1"}]})
     store = await opened(tmp_path / "lb.json")
-    lb = await LoadBalancer.start(cfg, store, poll=False)
-    for server in lb.pool:
+    pool = Pool(cfg.servers)
+    for server in pool:
         server.status = Status.UP
-    scripted = ScriptedBackend()
-    assert lb.gateway is not None and lb.lifecycle is not None
-    lb.gateway.services.forwarder.backend = scripted  # type: ignore[assignment]
-    lb.lifecycle.backend = scripted  # type: ignore[assignment]
-    gateway, registry = lb.gateway, lb.meetings
+    registry = MeetingRegistry(store)
+    gateway = assemble(cfg, pool, registry, EventLog(store), ScriptedBackend(),  # type: ignore[arg-type]
+                       Integrations(cfg.integrations), "guid-1").gateway
 
     def create() -> Request:
         query = checksum.sign("create", "meetingID=room&name=Room", "lb-secret", "sha256")
@@ -287,4 +287,4 @@ async def test_a_create_whose_meeting_cannot_be_stored_answers_internal_error(tm
     answer = (await gateway.handle(create())).answer
     assert bbbxml.parse(answer.body).findtext("returncode") == "SUCCESS"
     assert registry.get("default", "room") is not None
-    await lb.stop()
+    await store.close()
