@@ -27,6 +27,7 @@ MAX_MEMBERS = 100_000
 INCOMING = ".incoming"
 TRASH = ".trash"
 DELETED = ".deleted"
+UNPUBLISHED = ".unpublished"
 COPY_CHUNK = 1024 * 1024
 
 
@@ -217,28 +218,38 @@ def import_archive(archive: str | os.PathLike[str], storage: str | os.PathLike[s
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.rename(staged, target)
+        earlier = storage / UNPUBLISHED / record_id  # an earlier, unpublished copy is replaced too
+        if earlier.is_dir():
+            shutil.rmtree(earlier, ignore_errors=True)
+            replaced = True
         return Imported(record_id, formats, doc, replaced, files, written)
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
 
 
 def discard(storage: str | os.PathLike[str], record_id: str) -> None:
-    """Take an imported recording's files out again (its indexing failed)."""
+    """Take an imported recording's files out again (its indexing failed, or it was refused)."""
     if SAFE_NAME.fullmatch(record_id):
         shutil.rmtree(Path(storage) / record_id, ignore_errors=True)
+        shutil.rmtree(Path(storage) / UNPUBLISHED / record_id, ignore_errors=True)
 
 
-def move_to_deleted(storage: str | os.PathLike[str], record_id: str) -> None:
-    """A deleted recording's files are set aside (not served) until its retention ends."""
+def place(storage: str | os.PathLike[str], record_id: str, state: str) -> None:
+    """Move a stored recording where its state says: only published ones under ``<storage>/<recordID>``
+    (what a web server may expose), unpublished or unfinished ones in ``.unpublished/``, deleted ones in
+    ``.deleted/`` until their retention ends."""
     if not SAFE_NAME.fullmatch(record_id):
         return
-    source = Path(storage) / record_id
-    if source.is_dir():
-        target = Path(storage) / DELETED / record_id
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            shutil.rmtree(target, ignore_errors=True)
-        os.rename(source, target)
+    root = Path(storage)
+    folders = {"published": root / record_id, "deleted": root / DELETED / record_id}
+    target = folders.get(state, root / UNPUBLISHED / record_id)
+    for source in (root / record_id, root / UNPUBLISHED / record_id, root / DELETED / record_id):
+        if source != target and source.is_dir():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                shutil.rmtree(target, ignore_errors=True)
+            os.rename(source, target)
+            return
 
 
 def remove_deleted(storage: str | os.PathLike[str], record_id: str) -> None:

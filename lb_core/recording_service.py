@@ -193,8 +193,8 @@ class Recordings:
                      meta: dict[str, str] | None = None) -> None:
         """Change the index and the stored files, then tell each live origin (the index keeps what it missed)."""
         for doc in docs:
-            if state == "deleted" and doc.get("stored_formats") and self.storage is not None:
-                await asyncio.to_thread(recording_archive.move_to_deleted, self.storage, doc["record_id"])
+            if state is not None and doc.get("stored_formats") and self.storage is not None:
+                await asyncio.to_thread(recording_archive.place, self.storage, doc["record_id"], state)
             updated = await self.index.change(doc, state=state, meta=meta)
             server = self.pool.get(updated.get("server", ""))
             if server is not None and server.healthy:
@@ -281,6 +281,8 @@ class Recordings:
             doc["metadata"] = {**doc["metadata"], **current.get("metadata", {})}
         doc["published"] = doc["state"] == "published"
         try:
+            if doc["state"] != "published":  # only published recordings are where a web server may serve them
+                await asyncio.to_thread(recording_archive.place, storage, imported.record_id, doc["state"])
             await self.index.save(doc)
         except Exception as exc:
             await asyncio.to_thread(recording_archive.discard, storage, imported.record_id)

@@ -213,8 +213,12 @@ async def test_an_uploaded_recording_is_listed_played_back_and_outlives_its_serv
     assert (await lb.http(url)).status == 200
     await lb.call("publishRecordings", {"recordID": internal, "publish": "false"})
     assert (await lb.http(url)).status == 404  # unpublished: not served
+    # ... nor where a web server (the README's nginx location) would find it.
+    storage = tmp_path / "storage"
+    assert not (storage / internal).exists() and (storage / ".unpublished" / internal / "presentation").is_dir()
     await lb.call("publishRecordings", {"recordID": internal, "publish": "true"})
     assert (await lb.http(url)).status == 200
+    assert (storage / internal / "presentation" / "metadata.xml").is_file()
     assert (await lb.call("deleteRecordings", {"recordID": internal})).field("deleted") == "true"
     assert (await lb.http(url)).status == 404
     assert not (tmp_path / "storage" / internal).exists()
@@ -359,3 +363,15 @@ async def test_a_recording_ready_callback_syncs_its_server_at_once(lb_factory, s
 
 def record_ids_sync(lb) -> list[str]:  # type: ignore[no-untyped-def]
     return [d["meeting_id"] for d in lb.lb.recordings.index.documents()]
+
+
+async def test_an_imported_recording_keeps_the_state_its_metadata_says(recording_lb, sim, tmp_path):
+    sim.server("bbb1").add_recording("room", "rec-u", state="unpublished")
+    reply = await upload(recording_lb, archive_of(tmp_path / "published" / "bbb1", "rec-u"),
+                         token("bbb1", sim.server("bbb1").secret))
+    assert reply.status == 200, reply.text
+    listed = await recording_lb.call("getRecordings", {"state": "unpublished"})
+    assert record_ids(listed) == ["rec-u"]
+    assert (await recording_lb.http(listed.field("recordings/recording/playback/format/url"))).status == 404
+    storage = tmp_path / "storage"
+    assert not (storage / "rec-u").exists() and (storage / ".unpublished" / "rec-u").is_dir()
