@@ -227,6 +227,41 @@ def import_archive(archive: str | os.PathLike[str], storage: str | os.PathLike[s
         shutil.rmtree(incoming, ignore_errors=True)
 
 
+def rewrite_meta(storage: str | os.PathLike[str], record_id: str, changes: dict[str, str]) -> int:
+    """updateRecordings on the stored copy: each format's metadata.xml ``<meta>`` gets the changes (an
+    empty value removes the key), written atomically. Answers how many files changed."""
+    if not SAFE_NAME.fullmatch(record_id):
+        return 0
+    root = Path(storage)
+    folder = next((f for f in (root / record_id, root / UNPUBLISHED / record_id, root / DELETED / record_id)
+                   if f.is_dir()), None)
+    if folder is None:
+        return 0
+    from lxml import etree
+
+    changed = 0
+    for metadata in sorted(folder.glob("*/metadata.xml")):
+        try:
+            tree = bbbxml.parse(metadata.read_bytes())
+        except (bbbxml.XmlError, OSError):
+            continue
+        meta = tree.find("meta")
+        if meta is None:
+            meta = etree.SubElement(tree, "meta")
+        for key, value in changes.items():
+            if not bbbxml.is_tag_name(key):
+                continue
+            for old in meta.findall(key):
+                meta.remove(old)
+            if value:
+                etree.SubElement(meta, key).text = value
+        temporary = metadata.with_name(f".metadata.xml.{uuid.uuid4().hex}")
+        temporary.write_bytes(etree.tostring(tree, xml_declaration=True, encoding="UTF-8"))
+        os.replace(temporary, metadata)
+        changed += 1
+    return changed
+
+
 def discard(storage: str | os.PathLike[str], record_id: str) -> None:
     """Take an imported recording's files out again (its indexing failed, or it was refused)."""
     if SAFE_NAME.fullmatch(record_id):

@@ -195,6 +195,8 @@ class Recordings:
         for doc in docs:
             if state is not None and doc.get("stored_formats") and self.storage is not None:
                 await asyncio.to_thread(recording_archive.place, self.storage, doc["record_id"], state)
+            if meta and doc.get("stored_formats") and self.storage is not None:
+                await asyncio.to_thread(recording_archive.rewrite_meta, self.storage, doc["record_id"], meta)
             updated = await self.index.change(doc, state=state, meta=meta)
             server = self.pool.get(updated.get("server", ""))
             if server is not None and server.healthy:

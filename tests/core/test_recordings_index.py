@@ -219,6 +219,11 @@ async def test_an_uploaded_recording_is_listed_played_back_and_outlives_its_serv
     await lb.call("publishRecordings", {"recordID": internal, "publish": "true"})
     assert (await lb.http(url)).status == 200
     assert (storage / internal / "presentation" / "metadata.xml").is_file()
+    # updateRecordings changes the stored copy's metadata.xml too (an empty value removes a key).
+    await lb.call("updateRecordings", {"recordID": internal, "meta_category": "archive", "meta_topic": "maths"})
+    await lb.call("updateRecordings", {"recordID": internal, "meta_topic": ""})
+    stored = (storage / internal / "presentation" / "metadata.xml").read_text()
+    assert "<category>archive</category>" in stored and "<topic>" not in stored
     assert (await lb.call("deleteRecordings", {"recordID": internal})).field("deleted") == "true"
     assert (await lb.http(url)).status == 404
     assert not (tmp_path / "storage" / internal).exists()
