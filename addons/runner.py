@@ -24,7 +24,8 @@ from addons.lb import BbbLoadBalancer
 from addons.limits import install_body_guard
 from lb_core import logs
 from lb_core.config import Config
-from lb_core.store import StoreError, TinyDbStore
+from lb_core.store import StoreError
+from lb_core.store_tinydb import TinyDbStore
 
 REPO = Path(__file__).resolve().parent.parent
 SIMULATOR = REPO / "scripts" / "bbbsim.py"
