@@ -207,7 +207,9 @@ class Recordings:
     async def _in_worker(self, function: Any, *args: Any) -> Any:
         """Tar work in a worker process of its own: a 100 MB import must not take the GIL from the API."""
         if self._worker is None:
-            self._worker = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            # Niced: on a busy host the API process wins the CPU over an import.
+            self._worker = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                               initializer=os.nice, initargs=(10,))
         try:
             return await asyncio.get_running_loop().run_in_executor(self._worker, function, *args)
         except BrokenProcessPool:
