@@ -244,6 +244,10 @@ class RecordingIndex:
         """A meeting created through the LB: its recording will come from ``server`` and be ``owner``'s."""
         self._created[internal_id] = (server, owner)
 
+    def created_on(self, internal_id: str) -> tuple[str, str] | None:
+        """(server, integration) of a meeting the LB created under this internal ID, if it still knows."""
+        return self._created.get(internal_id)
+
     def server_for(self, record_id: str, owner: str) -> str | None:
         """The live-pool server holding ``owner``'s recording (its origin), never another integration's."""
         doc = self.owned(record_id, owner)

@@ -307,14 +307,14 @@ class Recordings:
         owner = doc.get("metadata", {}).get("mconflb-institution")
         if owner:
             return str(owner)
-        created = self.index._created.get(doc.get("internal_meeting_id", ""))
+        created = self.index.created_on(doc.get("internal_meeting_id", ""))
         return created[1] if created is not None else "default"
 
     def _refuse_foreign(self, doc: dict[str, Any], server: str | None) -> str:
         """A server may ship only recordings of meetings it held, when the LB knows where they were."""
         if server is None:
             return self._refuse_deleted(doc)
-        created = self.index._created.get(doc.get("internal_meeting_id", ""))
+        created = self.index.created_on(doc.get("internal_meeting_id", ""))
         if created is not None and created[0] != server:
             return f"the recording's meeting ran on {created[0]!r}, not on {server!r}"
         current = self.index.get(doc["record_id"])
