@@ -52,6 +52,7 @@ from lb_core.config_types import (
     Number,
     Port,
     Real,
+    RedisUrl,
     Required,
     Seconds,
     Text,
@@ -141,12 +142,25 @@ class ListenConfig(Model):
 
 
 class StoreConfig(Model):
-    path: Text = "data/lb.json"  # relative to the config file's folder
+    """Where the state lives: the embedded TinyDB file (one process) or a Redis shared by several."""
+
+    backend: Literal["tinydb", "redis"] = "tinydb"
+    path: Text = "data/lb.json"  # tinydb: relative to the config file's folder
+    url: RedisUrl | None = Field(None, repr=False)  # redis: redis://[:password@]host:6379/0, rediss://, unix://
+    prefix: Name = "bbb-lb"  # redis: every key starts with it, so several LBs can share one Redis
+    timeout_s: Seconds(0.05) | None = None  # redis: per command; default min(2 s, backend.timeout_s)
+    max_connections: Count(1) = 64  # redis: per process; a call waits for a free one at most timeout_s
 
     @field_validator("path")
     @classmethod
     def _absolute(cls, value: str, info: ValidationInfo) -> str:
         return from_base(value, info)
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> StoreConfig:
+        if self.backend == "redis" and not self.url:
+            raise KeyProblem("url", "is required when store.backend is redis")
+        return self
 
 
 class BackendConfig(Model):
@@ -248,6 +262,31 @@ class CacheConfig(Model):
     get_meetings_s: Number = 2.0
 
 
+class RecordingServerConfig(Model):
+    """The Mconf-LB recording server each BBB server is told about (``meta_mconflb-rec-server*`` on creates)."""
+
+    id: Text
+    url: Url
+    key: Text = Field(repr=False)
+
+
+class RecordingsConfig(Model):
+    """The recordings index (always on: synced from the servers) and, with ``storage``, the recording server."""
+
+    storage: Text | None = None  # where imported recordings live (local or NFS); uploads are off without it
+    public_url: Annotated[Url, AfterValidator(lambda url: url.rstrip("/"))] | None = None  # default: <public_url>/recordings
+    server: RecordingServerConfig | None = None
+    retention_days: Number = 30.0  # deleted recordings stay listed for state=deleted this long; 0: forever
+    max_upload_bytes: Count(1024) = 4 * 1024 ** 3  # an archive, packed and unpacked
+    sync_interval_s: Seconds(0.05) = 30.0
+    spool: Text | None = None  # where uploads are written while they arrive (default: <storage>/.spool)
+
+    @field_validator("storage", "spool")
+    @classmethod
+    def _absolute(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return from_base(value, info) if value else None
+
+
 class Config(Model):
     """The whole file. Flat names (``max_body_bytes``, ``store_path``...) are the ones the code reads."""
 
@@ -269,6 +308,7 @@ class Config(Model):
     events: EventsConfig = EventsConfig()
     cache: CacheConfig = CacheConfig()
     rules: Rules = EMPTY  # for every integration; an integration's rule for a parameter replaces these
+    recordings: RecordingsConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     instance_id: Text | None = None  # sent as meta_mconflb-guid (default: generated once, stored)
     log_level: Literal["debug", "info", "warn", "error"] = "info"
 
@@ -378,6 +418,13 @@ class Config(Model):
         return self.store.path
 
     @cached_property
+    def store_timeout_s(self) -> float:
+        """How long one call to a shared store may take: its own timeout_s, else 2 s within backend.timeout_s."""
+        if self.store.timeout_s is not None:
+            return self.store.timeout_s
+        return min(2.0, self.backend.timeout_s)
+
+    @cached_property
     def backend_timeout_s(self) -> float:
         return self.backend.timeout_s
 
@@ -400,6 +447,11 @@ class Config(Model):
     @cached_property
     def events_retention_days(self) -> float:
         return self.events.retention_days
+
+    @cached_property
+    def recordings_public_url(self) -> str:
+        """Where imported recordings are played back: ``recordings.public_url``, else under the LB's own URL."""
+        return self.recordings.public_url or f"{self.public_url}/recordings"
 
     @cached_property
     def running_cache_s(self) -> float:

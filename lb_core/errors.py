@@ -128,3 +128,8 @@ def stopping() -> ApiError:
 
 def internal_error() -> ApiError:
     return ApiError("internalError", "An internal error occurred while handling this request.")
+
+
+def store_unavailable() -> ApiError:
+    """The store did not answer in time (Redis down or slow) or could not write: what the call changes was not recorded."""
+    return ApiError("internalError", "The load balancer's state store is not available right now; try again shortly.")

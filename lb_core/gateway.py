@@ -16,6 +16,8 @@ from lb_core.config import Config
 from lb_core.errors import ApiError, ChecksumError
 from lb_core.handlers import CALLS
 from lb_core.handlers.context import Context, Services
+from lb_core.recording_http import RecordingDoors
+from lb_core.store import StoreError
 from lb_core.trace import Handled, Trace
 from lb_core.verify import Verifier
 from lb_core.version import VERSION, revision
@@ -32,6 +34,7 @@ class Gateway:
         self.verifier = verifier
         self.services = services
         self.callbacks = callbacks
+        self.recording_doors: RecordingDoors | None = None  # uploads and playback, once recordings run
 
     async def handle(self, request: Request) -> Handled:
         trace = Trace()
@@ -39,6 +42,9 @@ class Gateway:
             answer = await self._handle(request, trace)
         except ApiError as error:
             answer = self._refused(error, trace)
+        except StoreError as exc:  # Redis down or slow: one line in the log, one FAILED answer, no traceback
+            log.warning("%s %s: %s", errors.store_unavailable().message_key, request.path, exc)
+            answer = self._refused(errors.store_unavailable(), trace)
         except Exception:  # the last line of defence: never a traceback to the client
             log.exception("unexpected error handling %s", request.path)
             answer = self._refused(errors.internal_error(), trace)
@@ -53,6 +59,8 @@ class Gateway:
 
     async def _handle(self, request: Request, trace: Trace) -> Answer:
         path = request.path
+        if self.recording_doors is not None and self.recording_doors.handles(path):
+            return await self.recording_doors.handle(request, trace)
         if path.startswith(CALLBACK_PREFIX) and self.callbacks is not None:
             return await self.callbacks.handle(request, trace)
         if path in (API_PREFIX, API_PREFIX + "/"):

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lb_core.config import Config
 
 Doc = dict[str, Any]
 
@@ -24,6 +27,10 @@ class StoreError(Exception):
 
 class StoreLocked(StoreError):
     """Another process holds the store."""
+
+
+class StoreUnavailable(StoreError):
+    """A shared store did not answer (down, unreachable, too slow): the call may be tried again later."""
 
 
 class Store(ABC):
@@ -53,6 +60,10 @@ class Store(ABC):
     async def delete(self, table: str, key: str) -> None: ...
 
     @abstractmethod
+    async def tables(self) -> list[str]:
+        """The names of the tables holding documents (for ``bbb-lb migrate``)."""
+
+    @abstractmethod
     def append_events(self, events: Iterable[Doc]) -> None:
         """Queue events for writing; never blocks, written in batches. Each names its partition in ``"p"``."""
 
@@ -72,5 +83,25 @@ class Store(ABC):
     async def flush(self) -> None:
         """Wait until everything queued so far is durable."""
 
+    async def problem(self) -> str | None:
+        """Why the store cannot serve right now (for /health), or None when it can."""
+        return None
+
     def stats(self) -> dict[str, float]:
         return {}
+
+
+def make_store(config: Config) -> Store:
+    """The store ``config.store`` names (not opened yet): the embedded TinyDB file or a shared Redis.
+
+    Each backend is imported only when used, so this interface pulls in none."""
+    if config.store.backend == "redis":
+        from lb_core.store_redis import RedisStore
+
+        assert config.store.url is not None  # the config requires it for this backend
+        return RedisStore(config.store.url, config.store.prefix, timeout_s=config.store_timeout_s,
+                          connect_timeout_s=config.backend_connect_timeout_s,
+                          max_connections=config.store.max_connections)
+    from lb_core.store_tinydb import TinyDbStore
+
+    return TinyDbStore(config.store_path)

@@ -51,6 +51,11 @@ class Tables:
                     docs[key] = pending[-1]
         return docs
 
+    def names(self) -> list[str]:
+        """The tables holding at least one document (for ``bbb-lb migrate``)."""
+        names = set(self._committed) | {name for name, _ in self._uncommitted}
+        return sorted(name for name in names if self.all(name))
+
     def stage(self, table: str, key: str, doc: Doc | None) -> None:
         """A change made, visible to readers, not durable yet."""
         self._uncommitted.setdefault((table, key), []).append(doc)

@@ -227,6 +227,9 @@ class TinyDbStore(Store):
     async def all(self, table: str) -> dict[str, Doc]:
         return self._tables.all(table)
 
+    async def tables(self) -> list[str]:
+        return self._tables.names()
+
     async def put(self, table: str, key: str, doc: Doc) -> None:
         await self._change(table, key, dict(doc))
 
