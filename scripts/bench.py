@@ -773,7 +773,11 @@ def recording_archive(folder: Path, record_id: str, size: int) -> Path:
 
 
 async def upload_forever(url: str, archive: Path, server: SimServer, stop_after: float) -> None:
-    """POST the archive again and again (each import replaces the last) for ``stop_after`` seconds."""
+    """POST the archive again and again (each import replaces the last) for ``stop_after`` seconds.
+
+    The uploader stands for a BBB server on another host: it is curl at nice 19, so its own CPU (which
+    would be the BBB server's) takes as little as possible from the LB on this machine.
+    """
     import warnings
 
     import jwt
@@ -781,21 +785,26 @@ async def upload_forever(url: str, archive: Path, server: SimServer, stop_after:
     warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)  # the simulator's short secrets
     deadline = time.monotonic() + stop_after
     uploads = 0
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
-        while time.monotonic() < deadline:
-            token = jwt.encode({"sub": server.name, "exp": int(time.time()) + 300}, server.secret, algorithm="HS256")
-            started = time.monotonic()
-            with archive.open("rb") as body:
-                async with session.post(url + "/bigbluebutton/lb/recordings", data=body,
-                                        headers={"Authorization": f"Bearer {token}",
-                                                 "Content-Type": "application/x-tar"}) as response:
-                    answer = await response.text()
-                    uploads += 1
-                    took = time.monotonic() - started
-                    if response.status != 200 or uploads == 1:
-                        print(f"  upload {uploads}: HTTP {response.status} in {took:.2f} s {answer[:120]}", flush=True)
-                    else:
-                        print(f"  upload {uploads}: HTTP 200 in {took:.2f} s", flush=True)
+    while time.monotonic() < deadline:
+        token = jwt.encode({"sub": server.name, "exp": int(time.time()) + 300}, server.secret, algorithm="HS256")
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            "nice", "-n", "19", "curl", "-sS", "-X", "POST", "-T", str(archive), "-w", "\n%{http_code}",
+            "-H", f"Authorization: Bearer {token}", "-H", "Content-Type: application/x-tar", "-H", "Expect:",
+            url + "/bigbluebutton/lb/recordings", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            output, _ = await proc.communicate()
+        except asyncio.CancelledError:
+            proc.kill()
+            await proc.wait()
+            raise
+        answer, _, status = output.decode(errors="replace").rpartition("\n")
+        uploads += 1
+        took = time.monotonic() - started
+        if status != "200" or uploads == 1:
+            print(f"  upload {uploads}: HTTP {status} in {took:.2f} s {answer[:120]}", flush=True)
+        else:
+            print(f"  upload {uploads}: HTTP 200 in {took:.2f} s", flush=True)
 
 
 def bbb_lb_cases(command: list[str] | None) -> list[Case]:
