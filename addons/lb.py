@@ -11,7 +11,7 @@ import time
 
 from mitmproxy import ctx, exceptions, http
 
-from addons.limits import BODY_LIMIT, SPOOL, Spool, answer_and_close
+from addons.limits import BODY_LIMIT, SPOOL, Spool, UploadThrottle, answer_and_close
 from lb_core import bbbxml, errors
 from lb_core import config as lb_config
 from lb_core.api import API_PREFIX, Answer, Request
@@ -34,6 +34,7 @@ class BbbLoadBalancer:
         self.lb: LoadBalancer | None = None
         self.store: Store | None = None  # opened (and locked) by ``bbb-lb run`` before the proxy starts
         self._starting: asyncio.Lock | None = None
+        self._upload_throttle: UploadThrottle | None = None  # shared by every recording upload
         self.on_answer: list = []  # other addons (annotations, metrics) see each answer and its trace
         self.in_flight = 0  # API calls being answered: a graceful stop waits for them
         self.stopping = False  # set once the LB stops: a late call is refused, never starts it again
@@ -125,7 +126,10 @@ class BbbLoadBalancer:
             else:
                 self.answer(flow, handled, 0.0)
             return
-        flow.metadata[SPOOL] = Spool(str(recordings.new_spool_file()), recordings.settings.max_upload_bytes)
+        if self._upload_throttle is None:
+            self._upload_throttle = UploadThrottle(recordings.settings.upload_rate_limit)
+        flow.metadata[SPOOL] = Spool(str(recordings.new_spool_file()), recordings.settings.max_upload_bytes,
+                                     self._upload_throttle)
 
     def _unsigned_upload(self, flow: http.HTTPFlow, call: str, raw_query: str) -> ApiError | None:
         """A large upload is read only for a caller whose query checksum verifies: checked from the head alone.

@@ -95,13 +95,63 @@ UPLOAD_BODY_TIMEOUT_S = 3600.0
 SPOOL = "bbb_spool"  # flow.metadata: a recording upload's body goes to this Spool, not to memory
 
 
+UPLOAD_BURST_S = 0.05  # how far ahead of its rate an upload may read before its connection is paused
+
+
+class UploadThrottle:
+    """All recording uploads together are read at most ``rate`` bytes/s (0: no limit).
+
+    Every body chunk costs the event loop a socket read and a spool write (~100 us per 64 KiB): an upload
+    arriving as fast as a local link allows takes half the loop, and each API call waits behind a chunk at
+    every step. Past the rate, the uploading connection stops being read until its bytes are paid for.
+    """
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._paid_until = 0.0  # monotonic: when the bytes read so far are within the rate
+
+    def delay(self, size: int, now: float) -> float:
+        """Seconds the connection that brought ``size`` more bytes should now rest."""
+        if self.rate <= 0:
+            return 0.0
+        self._paid_until = max(self._paid_until, now) + size / self.rate
+        ahead = self._paid_until - now
+        return ahead if ahead > UPLOAD_BURST_S else 0.0
+
+
+def pause_reading(flow: http.HTTPFlow, seconds: float) -> bool:
+    """Stop reading the client's connection for ``seconds`` (the kernel's buffers push back on the sender)."""
+    handler = _handler_of(flow.client_conn)
+    if handler is None or flow.client_conn not in handler.transports:
+        return False
+    writer = handler.transports[flow.client_conn].writer
+    if writer is None or writer.is_closing():
+        return False
+    transport = writer.transport
+    resume = flow.metadata.pop(RESUME, None)
+    if resume is not None:
+        resume.cancel()
+    transport.pause_reading()
+    flow.metadata[RESUME] = asyncio.get_running_loop().call_later(seconds, _resume_reading, transport)
+    return True
+
+
+def _resume_reading(transport: asyncio.BaseTransport) -> None:
+    if not transport.is_closing():
+        transport.resume_reading()  # type: ignore[attr-defined]
+
+
+RESUME = "bbb_resume_reading"  # flow.metadata: the timer that resumes reading a throttled upload
+
+
 class Spool:
     """A request body written to a private file chunk by chunk; past ``limit`` it stops and says so."""
 
-    def __init__(self, path: str, limit: int) -> None:
+    def __init__(self, path: str, limit: int, throttle: UploadThrottle | None = None) -> None:
         self.path = path
         self.limit = limit
         self.size = 0
+        self.throttle = throttle
         self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 
     def write(self, data: bytes) -> bool:
@@ -156,10 +206,15 @@ def install_body_guard() -> bool:
             return
         spool = flow.metadata.get(SPOOL)
         if spool is not None and isinstance(event, http_layer.RequestData):
-            if not spool.write(event.data) and not flow.metadata.get(DISCARD_BODY):
-                answer_and_close(flow, http.Response.make(413, bbbxml.failed(
-                    "requestTooLarge", "The archive is larger than recordings.max_upload_bytes."),
-                    dict(bbbxml.XML_HEADERS)))
+            if not spool.write(event.data):
+                if not flow.metadata.get(DISCARD_BODY):
+                    answer_and_close(flow, http.Response.make(413, bbbxml.failed(
+                        "requestTooLarge", "The archive is larger than recordings.max_upload_bytes."),
+                        dict(bbbxml.XML_HEADERS)))
+            elif spool.throttle is not None:
+                rest = spool.throttle.delay(len(event.data), time.monotonic())
+                if rest > 0:
+                    pause_reading(flow, rest)
             return
         limit = flow.metadata.get(BODY_LIMIT)
         if isinstance(event, http_layer.RequestData) and limit is not None and \

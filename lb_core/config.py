@@ -278,6 +278,9 @@ class RecordingsConfig(Model):
     server: RecordingServerConfig | None = None
     retention_days: Number = 30.0  # deleted recordings stay listed for state=deleted this long; 0: forever
     max_upload_bytes: Count(1024) = 4 * 1024 ** 3  # an archive, packed and unpacked
+    # Bytes/s all uploads together are read at (0: as fast as they come): each byte costs the event loop
+    # a socket read and a spool write, so an unthrottled upload on a fast link slows every API call.
+    upload_rate_limit: Count(0) = 64 * 1024 * 1024
     sync_interval_s: Seconds(0.05) = 30.0
     spool: Text | None = None  # where uploads are written while they arrive (default: <storage>/.spool)
 
