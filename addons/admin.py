@@ -8,8 +8,8 @@ from mitmproxy import http
 
 from addons.lb import BbbLoadBalancer
 from lb_core.admin import AdminServer
-from lb_core.api import Answer
 from lb_core.metrics import LbMetrics
+from lb_core.trace import Handled
 
 log = logging.getLogger("bbb_lb.admin")
 
@@ -23,8 +23,8 @@ class AdminListener:
         self.server: AdminServer | None = None
         lb_addon.on_answer.append(self._observe)
 
-    def _observe(self, flow: http.HTTPFlow, answer: Answer, elapsed_ms: float) -> None:
-        self.metrics.observe(flow, answer, elapsed_ms)
+    def _observe(self, flow: http.HTTPFlow, handled: Handled, elapsed_ms: float) -> None:
+        self.metrics.observe(flow, handled, elapsed_ms)
 
     async def running(self) -> None:
         config = self.lb_addon.config

@@ -14,8 +14,8 @@ from mitmproxy import connection, ctx, http
 from mitmproxy import flow as mflow
 
 from addons.lb import BbbLoadBalancer
-from lb_core.api import Answer
 from lb_core.safe_errors import redact
+from lb_core.trace import Handled, Trace
 
 FAILED_MARK = ":red_circle:"
 REDACTED = "checksum=<redacted>"
@@ -42,30 +42,31 @@ class Annotate:
     def running(self) -> None:
         self._view = ctx.master.addons.get("view")
 
-    def on_answer(self, flow: http.HTTPFlow, answer: Answer, elapsed_ms: float) -> None:
+    def on_answer(self, flow: http.HTTPFlow, handled: Handled, elapsed_ms: float) -> None:
+        trace = handled.trace
         flow.metadata["bbb"] = {
-            "call": answer.call,
-            "integration": answer.integration,
-            "meetingID": answer.meeting_id,
-            "checksum": answer.checksum,
-            "route": answer.route,
-            "server": answer.server,
-            "result": answer.result,
+            "call": trace.call,
+            "integration": trace.integration,
+            "meetingID": trace.meeting_id,
+            "checksum": trace.checksum,
+            "route": trace.route,
+            "server": trace.server,
+            "result": trace.result,
             "ms": round(elapsed_ms, 2),
-            "decision": answer.decision,
-            "backend": [{**e, "error": redact(str(e["error"]))} if "error" in e else e for e in answer.backend],
+            "decision": trace.decision,
+            "backend": [{**e, "error": redact(str(e["error"]))} if "error" in e else e for e in trace.backend],
         }
-        flow.comment = describe(answer)
-        if failed(answer):
+        flow.comment = describe(handled)
+        if failed(handled):
             flow.marked = FAILED_MARK
-        if self._view is not None and self.show_backend_calls and answer.backend:
-            self._view.add(self.backend_flows(flow, answer))
+        if self._view is not None and self.show_backend_calls and trace.backend:
+            self._view.add(self.backend_flows(flow, trace))
 
-    def backend_flows(self, parent: http.HTTPFlow, answer: Answer) -> list[http.HTTPFlow]:
+    def backend_flows(self, parent: http.HTTPFlow, trace: Trace) -> list[http.HTTPFlow]:
         """One synthetic flow per backend call; the backend's checksum is never shown."""
         now = time.time()
         children = []
-        for entry in answer.backend:
+        for entry in trace.backend:
             url = self.backend_url(entry)
             if not url:
                 continue
@@ -87,7 +88,7 @@ class Annotate:
             else:
                 child.error = mflow.Error(redact(str(entry.get("error", "no answer"))))
             child.metadata["bbb_backend_of"] = parent.id
-            child.comment = f"backend call for {answer.call or parent.request.path}"
+            child.comment = f"backend call for {trace.call or parent.request.path}"
             children.append(child)
         return children
 
@@ -101,23 +102,25 @@ class Annotate:
         return f"{server.api_url}{entry.get('call', '')}?{REDACTED}" if server else ""
 
 
-def failed(answer: Answer) -> bool:
-    if answer.checksum in ("missing", "mismatch") or answer.status >= 400 or answer.result == "FAILED":
+def failed(handled: Handled) -> bool:
+    answer, trace = handled.answer, handled.trace
+    if trace.checksum in ("missing", "mismatch") or answer.status >= 400 or trace.result == "FAILED":
         return True
     return answer.body.find(_FAILED_XML, 0, 256) >= 0
 
 
-def describe(answer: Answer) -> str:
+def describe(handled: Handled) -> str:
     """One line: call → server (why; candidates) result."""
-    call = answer.call or "request"
-    result = answer.result or str(answer.status)
-    if answer.checksum in ("missing", "mismatch"):
-        return f"{call} {result} (checksum {answer.checksum})"
-    if answer.route == "merged":
-        asked = ", ".join(e["server"] if "status" in e else f"{e['server']} failed" for e in answer.backend)
+    trace = handled.trace
+    call = trace.call or "request"
+    result = handled.result
+    if trace.checksum in ("missing", "mismatch"):
+        return f"{call} {result} (checksum {trace.checksum})"
+    if trace.route == "merged":
+        asked = ", ".join(e["server"] if "status" in e else f"{e['server']} failed" for e in trace.backend)
         return f"{call} merged from {asked or 'no server'} {result}"
-    target = f" → {answer.server}" if answer.server else f" {answer.route}"
-    decision = answer.decision
+    target = f" → {trace.server}" if trace.server else f" {trace.route}"
+    decision = trace.decision
     if not decision:
         return f"{call}{target} {result}"
     why: list[str] = [str(decision["reason"])] if decision.get("reason") else []

@@ -17,8 +17,10 @@ from lb_core import errors
 from lb_core.api import API_PREFIX, Answer, Request
 from lb_core.config import UPLOAD_CALLS
 from lb_core.errors import ApiError, request_too_large
+from lb_core.handlers import CALLS
 from lb_core.service import LoadBalancer
 from lb_core.store import Store
+from lb_core.trace import Handled, Trace
 
 log = logging.getLogger("bbb_lb.api")
 
@@ -31,7 +33,7 @@ class BbbLoadBalancer:
         self.lb: LoadBalancer | None = None
         self.store: Store | None = None  # opened (and locked) by ``bbb-lb run`` before the proxy starts
         self._starting: asyncio.Lock | None = None
-        self.on_answer: list = []  # other addons (annotations, metrics) see each answer
+        self.on_answer: list = []  # other addons (annotations, metrics) see each answer and its trace
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("bbb_config", str, "", "Path of the bbb-lb YAML configuration file.")
@@ -78,12 +80,13 @@ class BbbLoadBalancer:
         if error is None and call in UPLOAD_CALLS and not _small_body(headers, limits.max_body_bytes):
             error = self._unsigned_upload(flow, call, raw_query)
         if error is not None:
-            answer = Answer.error(error, call=call[:64])
+            handled = refused(error, call[:64])
+            answer = handled.answer
             response = http.Response.make(answer.status, answer.body, answer.headers)
             if answer_and_close(flow, response):
-                self.log_answer(flow, answer, 0.0)
+                self.log_answer(flow, handled, 0.0)
             else:
-                self.answer(flow, answer, 0.0)
+                self.answer(flow, handled, 0.0)
             return
         # Checked again as the body streams in: a chunked body has no length to judge by here.
         flow.metadata[BODY_LIMIT] = limits.body_limit(call)
@@ -94,12 +97,13 @@ class BbbLoadBalancer:
         Bodies up to ``limits.max_body_bytes`` may still carry the checksum themselves (form POSTs);
         past that, an anonymous client could make the LB read and hold megabytes before being refused.
         """
-        if self.lb is None or self.lb.gateway is None:
+        spec = CALLS.get(call)
+        if self.lb is None or self.lb.gateway is None or spec is None:
             return None
         request = Request(method=flow.request.method, path=API_PREFIX + "/" + call, raw_query=raw_query,
                           headers=flow.request.headers, body=b"", client_ip="")
         try:
-            self.lb.gateway.verify(call, request)
+            self.lb.gateway.verifier.signed(spec, request)
         except ApiError as error:
             return error
         return None
@@ -113,7 +117,7 @@ class BbbLoadBalancer:
         try:
             path, _, raw_query = flow.request.data.path.decode("utf-8").partition("?")
         except UnicodeDecodeError:  # raw bytes that are not UTF-8: nothing to route or verify
-            self.answer(flow, Answer.error(errors.invalid_parameter("the URL is not valid UTF-8")), started)
+            self.answer(flow, refused(errors.invalid_parameter("the URL is not valid UTF-8")), started)
             return
         request = Request(
             method=flow.request.method,
@@ -123,26 +127,32 @@ class BbbLoadBalancer:
             body=flow.request.get_content(strict=False) or b"",
             client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else "",
         )
-        answer = await lb.gateway.handle(request)
-        self.answer(flow, answer, started)
+        self.answer(flow, await lb.gateway.handle(request), started)
 
-    def answer(self, flow: http.HTTPFlow, answer: Answer, started: float) -> None:
+    def answer(self, flow: http.HTTPFlow, handled: Handled, started: float) -> None:
+        answer = handled.answer
         flow.response = http.Response.make(answer.status, answer.body, answer.headers)
-        self.log_answer(flow, answer, started)
+        self.log_answer(flow, handled, started)
 
-    def log_answer(self, flow: http.HTTPFlow, answer: Answer, started: float) -> None:
+    def log_answer(self, flow: http.HTTPFlow, handled: Handled, started: float) -> None:
         flow.metadata["bbb_local"] = True
         elapsed_ms = (time.perf_counter() - started) * 1000 if started else 0.0
+        trace = handled.trace
         log.info("call=%s integration=%s meetingID=%s server=%s route=%s result=%s status=%d ms=%.1f",
-                 answer.call or "-", answer.integration or "-", _quote(answer.meeting_id), answer.server or "-",
-                 answer.route, answer.result or "-", answer.status, elapsed_ms)
+                 trace.call or "-", trace.integration or "-", _quote(trace.meeting_id), trace.server or "-",
+                 trace.route, trace.result or "-", handled.answer.status, elapsed_ms)
         for listener in self.on_answer:
-            listener(flow, answer, elapsed_ms)
+            listener(flow, handled, elapsed_ms)
 
     async def done(self) -> None:
         if self.lb is not None:
             await self.lb.stop()
             self.lb = None
+
+
+def refused(error: ApiError, call: str = "") -> Handled:
+    """An answer given before the gateway: the error, with a trace that names the call."""
+    return Handled(Answer.error(error), Trace(call=call, result=error.message_key))
 
 
 def _small_body(headers: http.Headers, limit: int) -> bool:

@@ -25,10 +25,11 @@ from aiohttp import web
 
 from lb_core.balancer import exclusion_reason
 from lb_core.config import AdminConfig
+from lb_core.controls import ControlError, Controls, NotFound
 from lb_core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from lb_core.metrics import LbMetrics
 from lb_core.pool import Status
-from lb_core.service import ControlError, LoadBalancer, NotFound
+from lb_core.service import LoadBalancer
 
 log = logging.getLogger("bbb_lb.admin")
 
@@ -229,6 +230,12 @@ class AdminServer:
             raise web.HTTPServiceUnavailable(reason="bbb-lb is not running")
         return lb
 
+    def _controls(self) -> Controls:
+        controls = self._lb().controls
+        if controls is None:
+            raise web.HTTPServiceUnavailable(reason="bbb-lb is not running")
+        return controls
+
     # --- open routes ----------------------------------------------------------------------------------
 
     async def root(self, request: web.Request) -> web.StreamResponse:
@@ -268,43 +275,43 @@ class AdminServer:
 
     async def dashboard_data(self, request: web.Request) -> web.Response:
         lb = self._lb()
-        return json_response({"time": time.time(), "status": lb_status(lb), "servers": lb.list_servers(),
+        return json_response({"time": time.time(), "status": lb_status(lb), "servers": self._controls().list_servers(),
                               "recent": self.metrics.recent_calls()})
 
     async def list_servers(self, request: web.Request) -> web.Response:
-        return json_response(self._lb().list_servers())
+        return json_response(self._controls().list_servers())
 
     async def add_server(self, request: web.Request) -> web.Response:
         spec = _only(_object(await request.read()), SERVER_FIELDS)
-        return json_response(await self._lb().add_server(spec), 201)
+        return json_response(await self._controls().add_server(spec), 201)
 
     async def remove_server(self, request: web.Request) -> web.Response:
-        return json_response(await self._lb().remove_server(request.match_info["name"]))
+        return json_response(await self._controls().remove_server(request.match_info["name"]))
 
     async def set_state(self, request: web.Request) -> web.Response:
         body = _only(_object(await request.read()), {"state"})
         state = body.get("state")
         if not isinstance(state, str):
             raise BadRequest('state: expected "enabled", "disabled" or "auto"')
-        return json_response(await self._lb().set_state(request.match_info["name"], state))
+        return json_response(await self._controls().set_state(request.match_info["name"], state))
 
     async def drain(self, request: web.Request) -> web.Response:
         _only(_object(await request.read()), set())
-        return json_response(await self._lb().drain(request.match_info["name"]))
+        return json_response(await self._controls().drain(request.match_info["name"]))
 
     async def panic(self, request: web.Request) -> web.Response:
         body = _only(_object(await request.read()), {"keep_state"})
         keep_state = body.get("keep_state", False)
         if not isinstance(keep_state, bool):
             raise BadRequest("keep_state: expected true or false")
-        return json_response(await self._lb().panic(request.match_info["name"], keep_state=keep_state))
+        return json_response(await self._controls().panic(request.match_info["name"], keep_state=keep_state))
 
     async def list_integrations(self, request: web.Request) -> web.Response:
-        return json_response(self._lb().list_integrations())
+        return json_response(self._controls().list_integrations())
 
     async def put_integration(self, request: web.Request) -> web.Response:
         spec = _only(_object(await request.read()), INTEGRATION_FIELDS)
-        return json_response(await self._lb().put_integration({**spec, "name": request.match_info["name"]}))
+        return json_response(await self._controls().put_integration({**spec, "name": request.match_info["name"]}))
 
     async def remove_integration(self, request: web.Request) -> web.Response:
-        return json_response(await self._lb().remove_integration(request.match_info["name"]))
+        return json_response(await self._controls().remove_integration(request.match_info["name"]))

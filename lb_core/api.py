@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from lb_core import bbbxml
 from lb_core.config import IntegrationConfig
@@ -14,37 +13,7 @@ from lb_core.query import RawQuery
 API_PREFIX = "/bigbluebutton/api"
 CALLBACK_PREFIX = "/bigbluebutton/lb/callback/"
 
-# How each call is handled; the README's table of calls is written from this.
-ROUTED = {
-    "end", "isMeetingRunning", "getMeetingInfo", "insertDocument", "sendChatMessage", "setConfigXML",
-}
-RECORDING_ROUTED = {
-    "publishRecordings", "deleteRecordings", "updateRecordings", "getRecordingTextTracks", "putRecordingTextTrack",
-}
-MERGED = {"getMeetings", "getRecordings"}
-LOCAL = {"getServers", "getMeetingEvents"}
-SPECIAL = {"create", "join", "getDefaultConfigXML"}
-KNOWN_CALLS = ROUTED | RECORDING_ROUTED | MERGED | LOCAL | SPECIAL
-JSON_CALLS = {"getRecordingTextTracks", "putRecordingTextTrack"}
-
-# HTTP methods each call answers, as bbb-web routes them (UrlMappings): a call that only reads its
-# query (join, publishRecordings, deleteRecordings) is GET-only there, so a POST must not act.
-DEFAULT_METHODS = frozenset({"GET", "POST", "HEAD"})
-GET_ONLY = frozenset({"GET", "HEAD"})
-ALLOWED_METHODS = {name: GET_ONLY for name in ("join", "publishRecordings", "deleteRecordings")}
-
-
-def allowed_methods(name: str) -> frozenset[str]:
-    return ALLOWED_METHODS.get(name, DEFAULT_METHODS)
-
-
 FORM = "application/x-www-form-urlencoded"
-ALLOWED_CONTENT_TYPES = {
-    "create": {FORM, "multipart/form-data", "application/xml", "text/xml"},
-    "insertDocument": {"application/xml", "text/xml"},
-    "putRecordingTextTrack": {"multipart/form-data"},
-}
-DEFAULT_CONTENT_TYPES = {FORM, "multipart/form-data"}
 
 
 @dataclass(slots=True)
@@ -94,25 +63,16 @@ class Call:
 
 @dataclass(slots=True)
 class Answer:
-    """The HTTP answer plus what the LB decided, for logs, metrics and mitmweb."""
+    """The HTTP answer only; what the LB decided on the way is in the request's ``Trace``."""
 
     status: int
     body: bytes
     headers: dict[str, str]
-    call: str = ""
-    integration: str = ""
-    meeting_id: str = ""
-    checksum: str = "n/a"
-    route: str = "local"
-    server: str = ""
-    result: str = ""
-    decision: dict[str, Any] | None = None
-    backend: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def xml(cls, body: bytes, status: int = 200, **info: Any) -> Answer:
-        return cls(status, body, dict(bbbxml.XML_HEADERS), **info)
+    def xml(cls, body: bytes, status: int = 200) -> Answer:
+        return cls(status, body, dict(bbbxml.XML_HEADERS))
 
     @classmethod
-    def error(cls, error: ApiError, **info: Any) -> Answer:
-        return cls.xml(error.to_xml(), error.status, result=error.message_key, **info)
+    def error(cls, error: ApiError) -> Answer:
+        return cls.xml(error.to_xml(), error.status)

@@ -21,12 +21,32 @@ class ApiError(Exception):
         return bbbxml.failed(self.message_key, self.message)
 
 
+class ChecksumError(ApiError):
+    """The call is not signed by any integration; ``verdict`` is what the trace records."""
+
+    verdict = "mismatch"
+
+
+class ChecksumMissing(ChecksumError):
+    verdict = "missing"
+
+    def __init__(self) -> None:
+        super().__init__("checksumError", "You must provide the checksum")
+
+
+class ChecksumMismatch(ChecksumError):
+    verdict = "mismatch"
+
+    def __init__(self) -> None:
+        super().__init__("checksumError", "Checksums do not match")
+
+
 def checksum_missing() -> ApiError:
-    return ApiError("checksumError", "You must provide the checksum")
+    return ChecksumMissing()
 
 
 def checksum_mismatch() -> ApiError:
-    return ApiError("checksumError", "Checksums do not match")
+    return ChecksumMismatch()
 
 
 def unsupported_request() -> ApiError:

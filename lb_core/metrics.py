@@ -19,11 +19,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from lb_core.api import KNOWN_CALLS
+from lb_core.handlers import CALLS
 
 if TYPE_CHECKING:
-    from lb_core.api import Answer
     from lb_core.service import LoadBalancer
+    from lb_core.trace import Handled
 
 # What prometheus_client.generate_latest writes (its CONTENT_TYPE_LATEST names a newer version).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -116,10 +116,11 @@ class LbMetrics:
         self._durations: dict[str, Any] = {}
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_CALLS)
 
-    def observe(self, flow: object, answer: Answer, elapsed_ms: float) -> None:
+    def observe(self, flow: object, handled: Handled, elapsed_ms: float) -> None:
         """An ``on_answer`` listener: called for every API answer, so a few dict look-ups and adds only."""
-        call = answer.call if answer.call in KNOWN_CALLS or answer.call == "version" else "other"
-        result = (answer.result or str(answer.status))[:64]
+        trace = handled.trace
+        call = trace.call if trace.call in CALLS or trace.call == "version" else "other"
+        result = handled.result[:64]
         counter = self._requests.get((call, result))
         if counter is None:
             counter = self._request_series(call, result)
@@ -128,9 +129,9 @@ class LbMetrics:
         if histogram is None:
             histogram = self._durations[call] = self.duration.labels(call)
         histogram.observe(elapsed_ms / 1000)
-        self.recent.append({"time": time.time(), "call": answer.call[:64], "integration": answer.integration,
-                            "meeting_id": answer.meeting_id[:120], "server": answer.server, "result": result,
-                            "status": answer.status, "ms": round(elapsed_ms, 1)})
+        self.recent.append({"time": time.time(), "call": trace.call[:64], "integration": trace.integration,
+                            "meeting_id": trace.meeting_id[:120], "server": trace.server, "result": result,
+                            "status": handled.answer.status, "ms": round(elapsed_ms, 1)})
 
     def _request_series(self, call: str, result: str) -> Any:
         """A new (call, result) series; past MAX_SERIES, new results of a call count as its "other"."""

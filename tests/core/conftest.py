@@ -24,10 +24,11 @@ import pytest
 
 from lb_core import checksum
 from lb_core import config as lb_config
-from lb_core.api import Answer, Request
+from lb_core.api import Request
 from lb_core.service import LoadBalancer
 from lb_core.store import Store, TinyDbStore
 from lb_core.store_memory import MemoryStore
+from lb_core.trace import Handled
 from tests.conftest import REPO, HttpReply
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -119,7 +120,7 @@ class CoreLB:
         self.make_store = make_store
         self.store = make_store()
         self.lb: LoadBalancer | None = None
-        self.answers: list[Answer] = []  # every answer, with the LB's decision trace, for assertions
+        self.answers: list[Handled] = []  # every answer, with the LB's decision trace, for assertions
         self._http: aiohttp.ClientSession | None = None
 
     async def start(self) -> CoreLB:
@@ -168,8 +169,9 @@ class CoreLB:
         assert self.lb is not None and self.lb.gateway is not None
         request = Request(method=method, path=parts.path, raw_query=parts.query,
                           headers={k.lower(): v for k, v in (headers or {}).items()}, body=data, client_ip=client_ip)
-        answer = await self.lb.gateway.handle(request)
-        self.answers.append(answer)
+        handled = await self.lb.gateway.handle(request)
+        self.answers.append(handled)
+        answer = handled.answer
         return HttpReply(answer.status, dict(answer.headers), answer.body)
 
     async def call(self, call: str, params: dict[str, Any] | list[tuple[str, Any]] | str = "",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from mitmproxy import http, io
 from mitmproxy.addons import view
@@ -13,6 +14,7 @@ from addons.annotate import Annotate, describe
 from addons.capture import Capture
 from addons.lb import BbbLoadBalancer
 from lb_core.api import Answer
+from lb_core.trace import Handled, Trace
 
 DECISION = {
     "chosen": "bbb2", "reason": "lowest load per weight",
@@ -24,9 +26,13 @@ DECISION = {
 }
 
 
-def create_answer() -> Answer:
+def xml_handled(body: bytes, **trace: Any) -> Handled:
+    return Handled(Answer.xml(body), Trace(**trace))
+
+
+def create_answer() -> Handled:
     body = b"<response><returncode>SUCCESS</returncode><attendeePW>ap</attendeePW></response>"
-    return Answer.xml(body, call="create", integration="default", meeting_id="room-1", checksum="ok",
+    return xml_handled(body, call="create", integration="default", meeting_id="room-1", checksum="ok",
                       route="routed", server="bbb2", result="SUCCESS", decision=DECISION,
                       backend=[{"server": "bbb2", "call": "create", "status": 200, "ms": 4.2,
                                 "url": "http://127.0.0.1:1/bigbluebutton/api/create?meetingID=room-1"}])
@@ -49,7 +55,7 @@ def test_annotate_puts_the_decision_on_the_flow():
     meta = flow.metadata["bbb"]
     assert meta == {"call": "create", "integration": "default", "meetingID": "room-1", "checksum": "ok",
                     "route": "routed", "server": "bbb2", "result": "SUCCESS", "ms": 5.68,
-                    "decision": DECISION, "backend": create_answer().backend}
+                    "decision": DECISION, "backend": create_answer().trace.backend}
     json.dumps(meta)  # JSON-serialisable, and so storable in a flow file
     assert flow.comment == "create → bbb2 (lowest load per weight; bbb1 12.0, bbb2 3.0, bbb3 excluded: draining) SUCCESS"
     assert flow.marked == ""
@@ -58,15 +64,15 @@ def test_annotate_puts_the_decision_on_the_flow():
 def test_annotate_marks_checksum_failures_and_failed_answers():
     annotate = Annotate(BbbLoadBalancer())
     bad = api_flow()
-    annotate.on_answer(bad, Answer.xml(b"<response><returncode>FAILED</returncode></response>",
+    annotate.on_answer(bad, xml_handled(b"<response><returncode>FAILED</returncode></response>",
                                        call="create", checksum="mismatch", result="checksumError"), 0.1)
     assert bad.marked == ":red_circle:" and bad.comment == "create checksumError (checksum mismatch)"
     missing = api_flow()
-    annotate.on_answer(missing, Answer.xml(b"<response><returncode>FAILED</returncode><messageKey>notFound"
+    annotate.on_answer(missing, xml_handled(b"<response><returncode>FAILED</returncode><messageKey>notFound"
                                            b"</messageKey></response>", call="getMeetingInfo", checksum="ok",
                                            route="routed", server="bbb1", result="notFound"), 0.1)
     assert missing.marked == ":red_circle:" and missing.comment == "getMeetingInfo → bbb1 notFound"
-    merged = Answer.xml(b"<response><returncode>SUCCESS</returncode></response>", call="getMeetings",
+    merged = xml_handled(b"<response><returncode>SUCCESS</returncode></response>", call="getMeetings",
                         checksum="ok", route="merged", result="SUCCESS",
                         backend=[{"server": "bbb1", "status": 200}, {"server": "bbb2", "error": "timed out"}])
     assert describe(merged) == "getMeetings merged from bbb1, bbb2 failed SUCCESS"

@@ -8,15 +8,25 @@ from typing import Any
 
 import pytest
 
-from lb_core import bbbxml, config, gateway
-from lb_core.api import Answer, Call, allowed_methods
+from lb_core import bbbxml, config, lifecycle, recording_index
+from lb_core.api import Call
 from lb_core.backend import BackendError, BackendReply
 from lb_core.events import EventLog
-from lb_core.gateway import Gateway, LruCache, conflicting_param, is_internal_meeting_id
+from lb_core.forwarding import Forwarder
+from lb_core.handlers import CALLS, allowed_methods
+from lb_core.handlers.context import Context, Services, is_internal_meeting_id
+from lb_core.integrations import Integrations
+from lb_core.lifecycle import MeetingLifecycle
+from lb_core.listings import ListingsCache
+from lb_core.lru import LruCache
 from lb_core.meetings import MeetingRecord, MeetingRegistry
+from lb_core.placement import Placer
 from lb_core.pool import Pool
 from lb_core.query import RawQuery
+from lb_core.recording_index import RecordingIndex
 from lb_core.store import TinyDbStore
+from lb_core.trace import Trace
+from lb_core.verify import conflicting_param
 
 INTERNAL = "183f0bf3a0982a127bdb8161e0c44eb696b3e75c-1511788233925"
 
@@ -74,34 +84,48 @@ class ScriptedBackend:
         return BackendReply(server.name, 200, {"Content-Type": "text/xml"}, answer, 1.0, "")
 
 
-async def make_gateway(tmp_path: Path, backend: ScriptedBackend) -> Gateway:
+class Parts:
+    """The handlers' services over a scripted backend, assembled as service.LoadBalancer does."""
+
+    def __init__(self, services: Services, integrations: Integrations) -> None:
+        self.services = services
+        self.integrations = integrations
+        self.meetings = services.meetings
+        self.lifecycle = services.lifecycle
+
+    def context(self, call: Call) -> Context:
+        return Context(call, Trace(call=call.name), CALLS[call.name], self.services)
+
+
+async def make_parts(tmp_path: Path, backend: ScriptedBackend) -> Parts:
     cfg = config.parse({"secret": "lb-secret", "store": {"path": str(tmp_path / "lb.json")},
                         "servers": [{"name": "bbb1", "url": "http://127.0.0.1:1/bigbluebutton/", "secret": "s1"}]})
     store = TinyDbStore(str(tmp_path / "lb.json"))
     await store.open()
-    return Gateway(cfg, Pool(cfg.servers), MeetingRegistry(store), EventLog(store), backend,  # type: ignore[arg-type]
-                   "guid-1")
-
-
-def info_for() -> Answer:
-    return Answer(200, b"", {})
+    pool, meetings, events = Pool(cfg.servers), MeetingRegistry(store), EventLog(store)
+    forwarder = Forwarder(cfg, pool, backend)  # type: ignore[arg-type]
+    listings, recordings = ListingsCache(cfg, pool, forwarder), RecordingIndex(pool)
+    life = MeetingLifecycle(cfg, pool, meetings, events, backend, listings, recordings)  # type: ignore[arg-type]
+    services = Services(cfg, pool, meetings, events, backend, forwarder, listings,  # type: ignore[arg-type]
+                        recordings, life, Placer(cfg, pool, meetings), None, "guid-1")
+    return Parts(services, Integrations(cfg.integrations))
 
 
 def test_learned_recordings_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gateway, "RECORDINGS_CACHE_MAX", 10)
+    monkeypatch.setattr(recording_index, "RECORDINGS_CACHE_MAX", 10)
     asyncio.run(_learned_recordings_are_bounded(tmp_path))
 
 
 async def _learned_recordings_are_bounded(tmp_path: Path) -> None:
     backend = ScriptedBackend()
-    gw = await make_gateway(tmp_path, backend)
+    gw = await make_parts(tmp_path, backend)
     recordings = [("recording", [("recordID", f"rec-{i}"), ("startTime", i),
                                  ("metadata", [("mconflb-institution", "default")])]) for i in range(50)]
     backend.answers["getRecordings"] = bbbxml.success([("recordings", recordings)])
     call = Call("getRecordings", "GET", RawQuery.parse(""), [], None, "", gw.integrations["default"], "")
-    answer = await gw.get_recordings(call, info_for())
+    answer = await CALLS["getRecordings"].handler(gw.context(call))
     assert answer.body.count(b"<recording>") == 50
-    assert len(gw.recordings) == 10
+    assert len(gw.services.recordings) == 10
 
 
 def _meeting_info(end_time: str, institution: str = "default") -> bytes:
@@ -123,9 +147,9 @@ def test_an_end_callback_is_believed_only_when_the_server_confirms(tmp_path: Pat
 async def _end_confirmation(tmp_path: Path, answer: Any, ended: bool) -> None:
     backend = ScriptedBackend()
     backend.answers["getMeetingInfo"] = answer
-    gw = await make_gateway(tmp_path, backend)
+    gw = await make_parts(tmp_path, backend)
     await gw.meetings.save(MeetingRecord("default", "room", "bbb1", 1, internal_id="i-1"))
-    assert await gw.meeting_ended("default", "room", "bbb1") is ended
+    assert await gw.lifecycle.meeting_ended("default", "room", "bbb1") is ended
     assert (gw.meetings.get("default", "room") is None) is ended
     assert backend.asked == [("getMeetingInfo", "meetingID=room")]
 
@@ -151,22 +175,22 @@ def test_creates_of_one_backend_id_on_one_server_run_one_at_a_time(tmp_path: Pat
 
 def test_the_is_meeting_running_cache_is_bounded_and_forgets_ended_meetings(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gateway, "RUNNING_CACHE_MAX", 5)
+    monkeypatch.setattr(lifecycle, "RUNNING_CACHE_MAX", 5)
     asyncio.run(_running_cache(tmp_path))
 
 
 async def _running_cache(tmp_path: Path) -> None:
     backend = ScriptedBackend()
     backend.answers["isMeetingRunning"] = bbbxml.success([("running", False)])
-    gw = await make_gateway(tmp_path, backend)
+    gw = await make_parts(tmp_path, backend)
     default = gw.integrations["default"]
     records = [MeetingRecord("default", f"room-{i}", "bbb1", 1) for i in range(20)]
     for record in records:
         await gw.meetings.save(record)
         query = RawQuery.parse(f"meetingID={record.meeting_id}")
         call = Call("isMeetingRunning", "GET", query, query.pairs(), None, "", default, "")
-        await gw.is_meeting_running(call, info_for())
-    assert len(gw._running_cache) == 5
-    assert records[-1].key in gw._running_cache
-    await gw.forget(records[-1])
-    assert records[-1].key not in gw._running_cache
+        await CALLS["isMeetingRunning"].handler(gw.context(call))
+    assert len(gw.lifecycle.running) == 5
+    assert records[-1].key in gw.lifecycle.running
+    await gw.lifecycle.forget(records[-1])
+    assert records[-1].key not in gw.lifecycle.running

@@ -11,7 +11,7 @@ import time
 import jwt
 import pytest
 
-from lb_core.callbacks import RECORDING_READY_ALGORITHM, sign_recording_ready, verify_recording_ready
+from lb_core.deliveries import RECORDING_READY_ALGORITHM, sign_recording_ready, verify_recording_ready
 
 
 def _b64(data: bytes) -> str:

@@ -12,6 +12,7 @@ from lb_core.api import Answer
 from lb_core.config import BalancerConfig, ServerConfig
 from lb_core.metrics import MAX_SERIES, RECENT_CALLS, LbMetrics
 from lb_core.pool import DisableState, Pool, Status
+from lb_core.trace import Handled, Trace
 
 
 def samples(metrics: LbMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -26,8 +27,8 @@ def types(metrics: LbMetrics) -> dict[str, str]:
     return dict(line.split(" ")[2:4] for line in text.splitlines() if line.startswith("# TYPE "))
 
 
-def answer(call: str, result: str, **fields: str) -> Answer:
-    return Answer(200, b"", {}, call=call, result=result, **fields)
+def answer(call: str, result: str, status: int = 200, **fields: str) -> Handled:
+    return Handled(Answer(status, b"", {}), Trace(call=call, result=result, **fields))
 
 
 def fake_lb(pool: Pool, meetings: int = 0, events: int = 0, store: dict[str, float] | None = None) -> SimpleNamespace:
@@ -67,8 +68,8 @@ def test_unknown_calls_fold_and_recent_calls_are_kept_newest_first() -> None:
     for i in range(RECENT_CALLS + 5):
         metrics.observe(None, answer("create", "SUCCESS", integration="default", meeting_id=f"m{i}",
                                      server="bbb1"), 12.5)
-    metrics.observe(None, Answer(404, b"", {}, call="noSuchCall\n{}", result="unsupportedRequest"), 1.0)
-    metrics.observe(None, Answer(502, b"", {}, call="getMeetings"), 1.0)  # no result: the status counts
+    metrics.observe(None, answer("noSuchCall\n{}", "unsupportedRequest", 404), 1.0)
+    metrics.observe(None, answer("getMeetings", "", 502), 1.0)  # no result: the status counts
     got = samples(metrics)
     assert got[("bbb_lb_requests_total", (("call", "other"), ("result", "unsupportedRequest")))] == 1
     assert got[("bbb_lb_requests_total", (("call", "getMeetings"), ("result", "502")))] == 1

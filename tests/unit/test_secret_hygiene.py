@@ -20,6 +20,7 @@ from lb_core.meetings import MeetingRegistry
 from lb_core.monitor import Monitor
 from lb_core.pool import Pool
 from lb_core.safe_errors import describe, redact
+from lb_core.trace import Handled, Trace
 
 SIGNED = "http://bbb.example/bigbluebutton/api/getMeetings?checksum=" + "f" * 64
 
@@ -101,10 +102,10 @@ def test_pool_last_error_is_redacted_whoever_sets_it():
 def test_flow_annotations_carry_no_signed_url():
     annotate = Annotate(BbbLoadBalancer())
     flow = tflow.tflow()
-    answer = Answer.xml(b"<response><returncode>FAILED</returncode></response>", call="create", checksum="ok",
-                        route="routed", result="FAILED",
-                        backend=[{"server": "bbb1", "call": "create", "error": f"bbb1: request failed, url='{SIGNED}'"}])
+    answer = Handled(Answer.xml(b"<response><returncode>FAILED</returncode></response>"), Trace(
+        call="create", checksum="ok", route="routed", result="FAILED",
+        backend=[{"server": "bbb1", "call": "create", "error": f"bbb1: request failed, url='{SIGNED}'"}]))
     annotate.on_answer(flow, answer, 1.0)
-    children = annotate.backend_flows(flow, answer)
+    children = annotate.backend_flows(flow, answer.trace)
     shown = json.dumps(flow.metadata["bbb"]) + flow.comment + "".join(str(c.error) for c in children)
     assert "checksum=" not in shown and "bbb1: request failed" in shown
