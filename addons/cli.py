@@ -16,7 +16,8 @@ def load_config(path: str) -> lb_config.Config:
     try:
         return lb_config.load(path)
     except lb_config.ConfigError as exc:
-        print(f"bbb-lb: {exc}", file=sys.stderr)
+        for problem in str(exc).splitlines():  # one line per problem, each naming the file and the key
+            print(f"bbb-lb: {problem}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

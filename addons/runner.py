@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import os
@@ -138,11 +137,7 @@ class AdoptBoundPort:
             return
         self.port = ports[0]
         if config.listen_port == 0:
-            derived = config.public_url == f"http://{config.listen_host}:0"
-            changes = {"listen_port": self.port}
-            if derived:
-                changes["public_url"] = f"http://{config.listen_host}:{self.port}"
-            self.lb.config = _replaced(config, changes)
+            self.lb.config = config.with_listen_port(self.port)
         logging.getLogger("bbb_lb").info("bbb-lb listening on http://%s:%d%s", config.listen_host, self.port,
                                          "/bigbluebutton/api")
 
@@ -164,12 +159,6 @@ class PortsFile:
         os.replace(tmp, self.path)  # readers never see half a file
 
 
-def _replaced(config: Config, changes: dict[str, object]) -> Config:
-    if dataclasses.is_dataclass(config):
-        return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
-    return config.model_copy(update=changes)  # type: ignore[attr-defined,no-any-return]
-
-
 def build_options(config: Config) -> options.Options:
     return options.Options(
         mode=["reverse:http://127.0.0.1:9"],  # never contacted: every flow is answered by the addon
@@ -182,7 +171,7 @@ async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_
                 save_file: str = "", save_max_mb: float = 100.0, save_keep: int = 5, mask_passwords: bool = False,
                 extra_addons: list[object] | None = None, ports_file: str = "") -> None:
     if web:  # callbacks must never reach mitmweb's port either
-        config = _replaced(config, {"web_port": web_port})
+        config = config.with_web_port(web_port)
     opts = build_options(config)
     chain = make_addons(inspect=web or bool(save_file)) + list(extra_addons or [])
     lb = chain[0]

@@ -19,12 +19,12 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
 from lb_core.balancer import exclusion_reason
-from lb_core.config import AdminConfig
+from lb_core.config import AdminConfig, ConfigError, Flag, Model, parse_request
 from lb_core.controls import ControlError, Controls, NotFound
 from lb_core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from lb_core.metrics import LbMetrics
@@ -37,8 +37,6 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_FILES = {"dashboard.html": "text/html", "dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 COOKIE = "bbb_lb_admin"
 MAX_BODY = 64 * 1024
-SERVER_FIELDS = {"name", "url", "secret", "checksum", "weight", "max_meetings", "max_participants", "state"}
-INTEGRATION_FIELDS = {"secret", "previous_secret", "enabled", "can_record", "max_meetings"}
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -112,14 +110,20 @@ def _object(body: bytes) -> dict[str, Any]:
     return value
 
 
-def _only(spec: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
-    for key, value in spec.items():
-        if key not in allowed:
-            raise BadRequest(f"unknown field {key!r}; expected {', '.join(sorted(allowed))}")
-        # ${NAME} reads the environment in the config file; through the API it could reveal it.
-        if isinstance(value, str) and value.strip().startswith("${"):
-            raise BadRequest(f"{key}: ${{...}} environment references are only read from the config file")
-    return spec
+class StateBody(Model):
+    """POST /api/servers/{name}/state."""
+
+    state: Literal["enabled", "disabled", "auto"]
+
+
+class PanicBody(Model):
+    """POST /api/servers/{name}/panic."""
+
+    keep_state: Flag = False
+
+
+class EmptyBody(Model):
+    """A POST that takes no fields (drain)."""
 
 
 class AdminServer:
@@ -209,7 +213,7 @@ class AdminServer:
                 response = await handler(request)
         except NotFound as exc:
             response = json_response({"error": str(exc)}, 404)
-        except (ControlError, BadRequest) as exc:
+        except (ControlError, BadRequest, ConfigError) as exc:
             response = json_response({"error": str(exc)}, 400)
         except web.HTTPException as exc:
             if exc.status < 400:
@@ -282,36 +286,35 @@ class AdminServer:
         return json_response(self._controls().list_servers())
 
     async def add_server(self, request: web.Request) -> web.Response:
-        spec = _only(_object(await request.read()), SERVER_FIELDS)
+        # Validated by the service with the config's own ServerConfig model.
+        spec = _object(await request.read())
         return json_response(await self._controls().add_server(spec), 201)
 
     async def remove_server(self, request: web.Request) -> web.Response:
         return json_response(await self._controls().remove_server(request.match_info["name"]))
 
     async def set_state(self, request: web.Request) -> web.Response:
-        body = _only(_object(await request.read()), {"state"})
-        state = body.get("state")
-        if not isinstance(state, str):
-            raise BadRequest('state: expected "enabled", "disabled" or "auto"')
-        return json_response(await self._controls().set_state(request.match_info["name"], state))
+        body = parse_request(StateBody, _object(await request.read()))
+        return json_response(await self._controls().set_state(request.match_info["name"], body.state))
 
     async def drain(self, request: web.Request) -> web.Response:
-        _only(_object(await request.read()), set())
+        parse_request(EmptyBody, _object(await request.read()))
         return json_response(await self._controls().drain(request.match_info["name"]))
 
     async def panic(self, request: web.Request) -> web.Response:
-        body = _only(_object(await request.read()), {"keep_state"})
-        keep_state = body.get("keep_state", False)
-        if not isinstance(keep_state, bool):
-            raise BadRequest("keep_state: expected true or false")
-        return json_response(await self._controls().panic(request.match_info["name"], keep_state=keep_state))
+        body = parse_request(PanicBody, _object(await request.read()))
+        return json_response(await self._controls().panic(request.match_info["name"], keep_state=body.keep_state))
 
     async def list_integrations(self, request: web.Request) -> web.Response:
         return json_response(self._controls().list_integrations())
 
     async def put_integration(self, request: web.Request) -> web.Response:
-        spec = _only(_object(await request.read()), INTEGRATION_FIELDS)
-        return json_response(await self._controls().put_integration({**spec, "name": request.match_info["name"]}))
+        # Validated by the service with the config's IntegrationConfig model, merged with the current values.
+        spec = _object(await request.read())
+        name = request.match_info["name"]
+        if spec.get("name", name) != name:
+            raise BadRequest("name: must be the name in the URL")
+        return json_response(await self._controls().put_integration({**spec, "name": name}))
 
     async def remove_integration(self, request: web.Request) -> web.Response:
         return json_response(await self._controls().remove_integration(request.match_info["name"]))

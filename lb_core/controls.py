@@ -8,7 +8,6 @@ ends a drain once the poller sees the server empty.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -20,10 +19,10 @@ from lb_core.config import (
     DISABLE_STATES,
     Config,
     ConfigError,
+    IntegrationConfig,
     ServerConfig,
-    _Reader,
-    read_integration,
-    read_server,
+    parse_request,
+    validate,
 )
 from lb_core.geo import GeoLocator, fill_geoloc
 from lb_core.integrations import Integrations
@@ -46,6 +45,15 @@ class NotFound(ControlError):
     """The server or integration an operator named does not exist (the admin API answers 404)."""
 
 
+def stored_server(doc: dict[str, Any]) -> ServerConfig:
+    """A server added at run time, as saved; saves before the config models held ``disable_state``."""
+    doc = dict(doc)
+    legacy_state = doc.pop("disable_state", None)
+    if "state" not in doc and legacy_state is not None:
+        doc["state"] = next((k for k, v in DISABLE_STATES.items() if v == legacy_state), "auto")
+    return validate(ServerConfig, doc, prefix=f"saved server {doc.get('name')!r}: ")
+
+
 class ServerOverrides:
     """The servers' run-time state as operators left it, saved in the store."""
 
@@ -61,7 +69,12 @@ class ServerOverrides:
                 self.pool.remove(name)
                 continue
             if "config" in doc:
-                config = ServerConfig(**doc["config"])
+                try:
+                    config = stored_server(doc["config"])
+                except ConfigError as exc:
+                    log.error("server %s added at run time is not loaded: its saved settings are invalid: %s",
+                              name, exc)
+                    continue
                 server = self.pool.get(name)
                 if server is None:
                     server = self.pool.add(config)
@@ -76,7 +89,7 @@ class ServerOverrides:
         server = self.pool.get(name)
         doc: dict[str, Any] = {"removed": removed}
         if server is not None and not removed:
-            doc.update(config=dataclasses.asdict(server.config), disable_state=int(server.disable_state),
+            doc.update(config=server.config.model_dump(), disable_state=int(server.disable_state),
                        draining=server.draining)
         await self.store.put(SERVERS_TABLE, name, doc)
 
@@ -119,7 +132,7 @@ class Controls:
 
     async def add_server(self, spec: dict[str, Any]) -> dict[str, Any]:
         try:
-            config = read_server(_Reader("request", dict(spec), "server"))
+            config = parse_request(ServerConfig, spec)
         except ConfigError as exc:
             raise ControlError(str(exc)) from None
         if self.pool.get(config.name) is not None:
@@ -201,19 +214,11 @@ class Controls:
 
     async def put_integration(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Add an integration, or change one (secrets, rights, limit); ``default`` is the config's."""
-        spec = dict(spec)
         name = spec.get("name")
         current = self.integrations.get(name) if isinstance(name, str) else None
-        if current is not None:
-            merged: dict[str, Any] = {"name": current.name, "secret": current.secrets[0],
-                                      "enabled": current.enabled, "can_record": current.can_record,
-                                      "max_meetings": current.max_meetings}
-            if len(current.secrets) > 1:
-                merged["previous_secret"] = current.secrets[1]
-            merged.update({k: v for k, v in spec.items()})
-            spec = {k: v for k, v in merged.items() if v is not None}
         try:
-            integration = read_integration(_Reader("request", spec, "integration"))
+            integration = parse_request(IntegrationConfig, spec,
+                                        defaults=current.model_dump() if current is not None else None)
         except ConfigError as exc:
             raise ControlError(str(exc)) from None
         for other in self.integrations:

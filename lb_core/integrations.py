@@ -52,9 +52,11 @@ class Integrations:
         for name, doc in (await self.store.all(INTEGRATIONS_TABLE)).items():
             items = [i for i in items if i.name != name]
             if not doc.get("removed"):
+                secrets = list(doc["secrets"])
                 items.append(IntegrationConfig(
-                    name=name, secrets=tuple(doc["secrets"]), enabled=doc.get("enabled", True),
-                    can_record=doc.get("can_record", True), max_meetings=doc.get("max_meetings")))
+                    name=name, secret=secrets[0], previous_secret=secrets[1] if len(secrets) > 1 else None,
+                    enabled=doc.get("enabled", True), can_record=doc.get("can_record", True),
+                    max_meetings=doc.get("max_meetings")))
         self._replace(items)
 
     async def put(self, integration: IntegrationConfig) -> None:

@@ -6,7 +6,7 @@ Status and disableState use the Mconf-LB numbers, so getServers answers as that 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 from urllib.parse import urlsplit
@@ -241,7 +241,7 @@ class Pool:
 
     def update_config(self, name: str, **changes: Any) -> Server:
         server = self._servers[name]
-        server.config = replace(server.config, **changes)
+        server.config = ServerConfig.model_validate({**server.config.model_dump(), **changes})
         return server
 
     def remove(self, name: str) -> Server | None:
