@@ -24,7 +24,7 @@ from addons.lb import BbbLoadBalancer
 from addons.limits import install_body_guard
 from lb_core import logs
 from lb_core.config import Config
-from lb_core.store import StoreError, TinyDbStore
+from lb_core.store import StoreError, make_store
 
 REPO = Path(__file__).resolve().parent.parent
 SIMULATOR = REPO / "scripts" / "bbbsim.py"
@@ -196,8 +196,8 @@ async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_
     lb.config = config
     # The store first: a locked or unreadable store stops the start before any port is opened. The LB
     # itself starts once the proxy listens (AdoptBoundPort gives it the real port first).
-    store = TinyDbStore(config.store_path)
     try:
+        store = make_store(config)
         await store.open()
     except StoreError as exc:
         raise StartError(str(exc)) from None

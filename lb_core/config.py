@@ -50,6 +50,7 @@ from lb_core.config_types import (
     Number,
     Port,
     Real,
+    RedisUrl,
     Required,
     Seconds,
     Text,
@@ -109,12 +110,25 @@ class ListenConfig(Model):
 
 
 class StoreConfig(Model):
-    path: Text = "data/lb.json"  # relative to the config file's folder
+    """Where the state lives: the embedded TinyDB file (one process) or a Redis shared by several."""
+
+    backend: Literal["tinydb", "redis"] = "tinydb"
+    path: Text = "data/lb.json"  # tinydb: relative to the config file's folder
+    url: RedisUrl | None = Field(None, repr=False)  # redis: redis://[:password@]host:6379/0, rediss://, unix://
+    prefix: Name = "bbb-lb"  # redis: every key starts with it, so several LBs can share one Redis
+    timeout_s: Seconds(0.05) | None = None  # redis: per command; default min(2 s, backend.timeout_s)
+    max_connections: Count(1) = 64  # redis: per process; a call waits for a free one at most timeout_s
 
     @field_validator("path")
     @classmethod
     def _absolute(cls, value: str, info: ValidationInfo) -> str:
         return from_base(value, info)
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> StoreConfig:
+        if self.backend == "redis" and not self.url:
+            raise KeyProblem("url", "is required when store.backend is redis")
+        return self
 
 
 class BackendConfig(Model):
@@ -344,6 +358,13 @@ class Config(Model):
     @cached_property
     def store_path(self) -> str:
         return self.store.path
+
+    @cached_property
+    def store_timeout_s(self) -> float:
+        """How long one call to a shared store may take: its own timeout_s, else 2 s within backend.timeout_s."""
+        if self.store.timeout_s is not None:
+            return self.store.timeout_s
+        return min(2.0, self.backend.timeout_s)
 
     @cached_property
     def backend_timeout_s(self) -> float:

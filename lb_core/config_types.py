@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import (
     AfterValidator,
@@ -78,6 +78,47 @@ def check_url(url: str) -> str:
     return url
 
 
+def redacted_url(url: str) -> str:
+    """``url`` fit for a log line or an error message: a password (userinfo or query) becomes ``***``."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            user, has_password, _ = userinfo.partition(":")
+            # user:password@ keeps the user; a lone userinfo may be a password written without its colon
+            netloc = f"{user}:***@{host}" if has_password else f"***@{host}"
+        query = parts.query
+        if query:
+            pairs = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+            query = urlencode(pairs, safe="*/")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return "(an unreadable URL)"
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def check_redis_url(url: str) -> str:
+    """``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS) or ``unix:///path``; errors hide the password."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise ValueError(f"is not a valid URL: {redacted_url(url)}") from None
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {redacted_url(url)}")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError(f"has no host: {redacted_url(url)}")
+    if parts.scheme == "unix" and not parts.path:
+        raise ValueError(f"has no socket path: {redacted_url(url)}")
+    database = parts.path.strip("/") if parts.scheme != "unix" else ""
+    if database and not database.isdigit():
+        raise ValueError(f"the database after the host must be a number, got {redacted_url(url)}")
+    return url
+
+
 def normalise_server_url(url: str) -> str:
     """Accept ``https://host``, ``https://host/bigbluebutton/`` or ``.../bigbluebutton/api``."""
     url = url.strip().rstrip("/")
@@ -104,6 +145,7 @@ Text = Annotated[str, BeforeValidator(_text), Strict()]
 Required = Annotated[Text, AfterValidator(_not_empty)]
 Name = Annotated[Text, AfterValidator(_name)]
 Url = Annotated[Text, AfterValidator(check_url)]
+RedisUrl = Annotated[Text, AfterValidator(check_redis_url)]
 Networks = Annotated[tuple[Text, ...], BeforeValidator(one_or_many), AfterValidator(_networks)]  # CIDR
 Flag = Annotated[bool, Strict()]
 Port = Annotated[int, Strict(), Field(ge=0, le=65535)]

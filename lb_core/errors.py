@@ -119,3 +119,8 @@ def request_too_large() -> ApiError:
 
 def internal_error() -> ApiError:
     return ApiError("internalError", "An internal error occurred while handling this request.")
+
+
+def store_unavailable() -> ApiError:
+    """The shared store (Redis) did not answer in time: nothing was changed that the caller was told of."""
+    return ApiError("internalError", "The load balancer's state store is not available right now; try again shortly.")

@@ -16,6 +16,7 @@ from lb_core.config import Config
 from lb_core.errors import ApiError, ChecksumError
 from lb_core.handlers import CALLS
 from lb_core.handlers.context import Context, Services
+from lb_core.store import StoreError
 from lb_core.trace import Handled, Trace
 from lb_core.verify import Verifier
 from lb_core.version import VERSION, revision
@@ -39,6 +40,9 @@ class Gateway:
             answer = await self._handle(request, trace)
         except ApiError as error:
             answer = self._refused(error, trace)
+        except StoreError as exc:  # Redis down or slow: one line in the log, one FAILED answer, no traceback
+            log.warning("%s %s: %s", errors.store_unavailable().message_key, request.path, exc)
+            answer = self._refused(errors.store_unavailable(), trace)
         except Exception:  # the last line of defence: never a traceback to the client
             log.exception("unexpected error handling %s", request.path)
             answer = self._refused(errors.internal_error(), trace)

@@ -30,7 +30,7 @@ from lb_core.outbound import OutboundClient, own_ports
 from lb_core.placement import Placer
 from lb_core.pool import Pool
 from lb_core.recording_index import RecordingIndex
-from lb_core.store import Store, TinyDbStore
+from lb_core.store import Store, make_store
 from lb_core.verify import Verifier
 
 log = logging.getLogger("bbb_lb")
@@ -62,7 +62,7 @@ class LoadBalancer:
 
     @classmethod
     async def start(cls, config: Config, store: Store | None = None, *, poll: bool = True) -> LoadBalancer:
-        lb = cls(config, store or TinyDbStore(config.store_path))
+        lb = cls(config, store or make_store(config))
         await lb._start(poll)
         return lb
 

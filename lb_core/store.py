@@ -28,10 +28,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinydb import TinyDB
 from tinydb.storages import Storage
+
+if TYPE_CHECKING:
+    from lb_core.config import Config
 
 log = logging.getLogger("bbb_lb.store")
 
@@ -46,6 +49,10 @@ class StoreError(Exception):
 
 class StoreLocked(StoreError):
     """Another process holds the store."""
+
+
+class StoreUnavailable(StoreError):
+    """A shared store did not answer (down, unreachable, too slow): the call may be tried again later."""
 
 
 class Store(ABC):
@@ -75,6 +82,10 @@ class Store(ABC):
     async def delete(self, table: str, key: str) -> None: ...
 
     @abstractmethod
+    async def tables(self) -> list[str]:
+        """The names of the tables holding documents (for ``bbb-lb migrate``)."""
+
+    @abstractmethod
     def append_events(self, events: Iterable[Doc]) -> None:
         """Queue events for writing; never blocks, written in batches. Each names its partition in ``"p"``."""
 
@@ -94,8 +105,24 @@ class Store(ABC):
     async def flush(self) -> None:
         """Wait until everything queued so far is durable."""
 
+    async def problem(self) -> str | None:
+        """Why the store cannot serve right now (for /health), or None when it can."""
+        return None
+
     def stats(self) -> dict[str, float]:
         return {}
+
+
+def make_store(config: Config) -> Store:
+    """The store ``config.store`` names (not opened yet): the embedded TinyDB file or a shared Redis."""
+    if config.store.backend == "redis":  # redis-py is imported only when used
+        from lb_core.store_redis import RedisStore
+
+        assert config.store.url is not None  # the config requires it for this backend
+        return RedisStore(config.store.url, config.store.prefix, timeout_s=config.store_timeout_s,
+                          connect_timeout_s=config.backend_connect_timeout_s,
+                          max_connections=config.store.max_connections)
+    return TinyDbStore(config.store_path)
 
 
 def make_private_dir(path: Path) -> None:
@@ -403,6 +430,10 @@ class TinyDbStore(Store):
     async def delete(self, table: str, key: str) -> None:
         if self.get_now(table, key) is not None:
             await self._change(table, key, None)
+
+    async def tables(self) -> list[str]:
+        names = set(self._tables) | {name for name, _ in self._uncommitted}
+        return sorted([name for name in names if await self.all(name)])
 
     async def _change(self, table: str, key: str, doc: Doc | None) -> None:
         if self._closed:

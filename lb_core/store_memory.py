@@ -60,6 +60,9 @@ class MemoryStore(Store):
         if self._tables.get(table, {}).pop(key, None) is not None:
             self.writes_total += 1
 
+    async def tables(self) -> list[str]:
+        return sorted(name for name, docs in self._tables.items() if docs)
+
     def append_events(self, events: Iterable[Doc]) -> None:
         for event in copy.deepcopy(list(events)):
             self._events.setdefault(str(event.get("p")), []).append(event)

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+import redis
 import yaml
 
 from lb_core import checksum
@@ -275,3 +276,107 @@ def start_simulator_for(servers: list[dict[str, Any]]) -> Simulator:
     bound = {s["name"]: s["url"] for s in simulator.control("/servers")}
     simulator.servers = [{**s, "url": bound[s["name"]]} for s in servers]
     return simulator
+
+
+# --- a real redis-server (Debian's package) on a free loopback port --------------------------------------
+
+REDIS_SERVER = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server")
+                                                else None)
+
+
+def require_redis() -> str:
+    """The redis-server binary: skipped without one, but failing where ``CI`` is set (scripts/test installs it)."""
+    if REDIS_SERVER is None:
+        message = "no redis-server binary (apt-get install redis-server)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI is set, so the Redis tests must run", pytrace=False)
+        pytest.skip(message)
+    return REDIS_SERVER
+
+
+class RedisServer:
+    """One redis-server process with append-only persistence in its own folder, restartable on its port."""
+
+    def __init__(self, folder: Path, password: str | None = None) -> None:
+        self.folder = folder
+        self.password = password
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        """Start on the port of the previous start, or on a free one (a new one if it is taken meanwhile)."""
+        binary = require_redis()
+        for _attempt in range(20):
+            port = self.port or free_port()
+            args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+                    "--dir", str(self.folder), "--daemonize", "no", "--loglevel", "warning",
+                    "--logfile", str(self.folder / "redis.log")]
+            if self.password:
+                args += ["--requirepass", self.password]
+            self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if self._wait_ready(port):
+                self.port = port
+                return self
+            self.process.kill()
+            self.process.wait(5)
+            if self.port:  # a restart must keep its port: the LB is configured with it
+                time.sleep(0.1)
+        raise AssertionError(f"redis-server did not start: {(self.folder / 'redis.log').read_text()[-2000:]}")
+
+    def _wait_ready(self, port: int) -> bool:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                return False  # the port was taken (bind failure): try again
+            try:
+                if self.client(port).ping():
+                    return True
+            except redis.RedisError:
+                time.sleep(0.02)
+        return False
+
+    def client(self, port: int | None = None) -> redis.Redis:
+        """A plain (blocking) client, for a test to look at or steer the server."""
+        return redis.Redis(host="127.0.0.1", port=port or self.port, password=self.password,
+                           socket_timeout=5, socket_connect_timeout=2, decode_responses=True)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None:
+            self.process.send_signal(sig)
+            self.process.wait(15)
+            self.process = None
+
+    def restart(self) -> RedisServer:
+        self.stop()
+        return self.start()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session; tests keep apart through their own key prefix (``redis_prefix``)."""
+    require_redis()
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_prefix(request: pytest.FixtureRequest) -> str:
+    """A key prefix no other test uses, so tests share one redis-server without seeing each other."""
+    return f"test-{os.getpid()}-{abs(hash(request.node.nodeid)) % 10**12}-{time.monotonic_ns() % 10**9}"
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test alone: for tests that stop, restart or slow it down."""
+    require_redis()
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()

@@ -1,4 +1,4 @@
-"""What every Store must do, checked against each implementation (a Redis store will join the list)."""
+"""What every Store must do, checked against each implementation: TinyDB, memory and a real Redis."""
 
 from __future__ import annotations
 
@@ -15,11 +15,18 @@ MAKERS: dict[str, Callable[[Path], Store]] = {
     "tinydb": lambda tmp: TinyDbStore(str(tmp / "lb.json"), event_flush_interval_s=0.05),
     "memory": lambda tmp: MemoryStore(),
 }
+BACKENDS = [*sorted(MAKERS), "redis"]
 
 
-@pytest.fixture(params=sorted(MAKERS))
+@pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    made = MAKERS[request.param](tmp_path)
+    if request.param == "redis":
+        from lb_core.store_redis import RedisStore
+
+        server = request.getfixturevalue("redis_server")
+        made: Store = RedisStore(server.url, request.getfixturevalue("redis_prefix"))
+    else:
+        made = MAKERS[request.param](tmp_path)
     await made.open()
     yield made
     await made.close()
@@ -111,3 +118,16 @@ async def test_writes_after_close_fail(store: Store) -> None:
 async def test_stats_are_numbers(store: Store) -> None:
     await store.put("t", "k", {"v": 1})
     assert all(isinstance(v, int | float) for v in store.stats().values())
+
+
+async def test_tables_lists_the_tables_holding_documents(store: Store) -> None:
+    assert await store.tables() == []
+    await store.put("meetings", "a", {"v": 1})
+    await store.put("servers", "b", {"v": 2})
+    await store.put("gone", "c", {"v": 3})
+    await store.delete("gone", "c")
+    assert await store.tables() == ["meetings", "servers"]
+
+
+async def test_a_working_store_reports_no_problem(store: Store) -> None:
+    assert await store.problem() is None
