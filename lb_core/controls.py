@@ -61,6 +61,7 @@ class ServerOverrides:
         self.store = store
         self.pool = pool
         self.meetings = meetings
+        self.on_change: Callable[[str, str], Coroutine[Any, Any, None]] | None = None  # tells the other processes
 
     async def apply(self) -> None:
         """At start: servers added, removed, disabled or draining at run time are so again."""
@@ -92,6 +93,8 @@ class ServerOverrides:
             doc.update(config=server.config.model_dump(), disable_state=int(server.disable_state),
                        draining=server.draining)
         await self.store.put(SERVERS_TABLE, name, doc)
+        if self.on_change is not None:
+            await self.on_change("servers", name)
 
     async def after_poll(self, server: Server) -> None:
         """A draining server that has emptied is disabled: the drain is over."""

@@ -6,7 +6,7 @@ with here, the admin API changes it here, and changes are persisted here so they
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 from lb_core.config import IntegrationConfig
 from lb_core.store import Store
@@ -18,6 +18,7 @@ class Integrations:
     def __init__(self, configured: list[IntegrationConfig] | tuple[IntegrationConfig, ...],
                  store: Store | None = None) -> None:
         self.store = store
+        self.on_change: Callable[[str, str], Awaitable[None]] | None = None  # tells the other processes
         self._items: list[IntegrationConfig] = []
         self._by_name: dict[str, IntegrationConfig] = {}
         # (secret, integration) for every accepted secret, in order: what a checksum is matched against.
@@ -66,8 +67,12 @@ class Integrations:
                 "secrets": list(integration.secrets), "enabled": integration.enabled,
                 "can_record": integration.can_record, "max_meetings": integration.max_meetings})
         self._replace([i for i in self._items if i.name != integration.name] + [integration])
+        if self.on_change is not None:
+            await self.on_change("integrations", integration.name)
 
     async def remove(self, name: str) -> None:
         if self.store is not None:
             await self.store.put(INTEGRATIONS_TABLE, name, {"removed": True})
         self._replace([i for i in self._items if i.name != name])
+        if self.on_change is not None:
+            await self.on_change("integrations", name)

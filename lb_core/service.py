@@ -13,6 +13,7 @@ from typing import Any
 
 from lb_core.backend import BackendClient
 from lb_core.callbacks import Callbacks
+from lb_core.cluster import Cluster, SharedPoller
 from lb_core.config import Config
 from lb_core.controls import Controls, ServerOverrides
 from lb_core.deliveries import Deliveries
@@ -31,6 +32,7 @@ from lb_core.placement import Placer
 from lb_core.pool import Pool
 from lb_core.recording_index import RecordingIndex
 from lb_core.store import Store, make_store
+from lb_core.store_redis import RedisStore
 from lb_core.verify import Verifier
 
 log = logging.getLogger("bbb_lb")
@@ -58,6 +60,10 @@ class LoadBalancer:
         self.deliveries: Deliveries | None = None
         self.instance_id = ""
         self.locator: GeoLocator | None = None
+        # Several processes on one Redis: this one's part (node id, poller lease, change notices).
+        self.cluster: Cluster | None = Cluster(store) if isinstance(store, RedisStore) else None
+        self.shared_poller: SharedPoller | None = None
+        self.listings: ListingsCache | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -80,7 +86,7 @@ class LoadBalancer:
         if config.geo.database:
             self.locator = await asyncio.to_thread(GeoLocator, config.geo.database)
         forwarder = Forwarder(config, self.pool, backend)
-        listings = ListingsCache(config, self.pool, forwarder)
+        listings = self.listings = ListingsCache(config, self.pool, forwarder)
         recordings = RecordingIndex(self.pool)
         lifecycle = self.lifecycle = MeetingLifecycle(config, self.pool, self.meetings, self.events, backend,
                                                       listings, recordings)
@@ -96,11 +102,49 @@ class LoadBalancer:
                                after_poll=self.overrides.after_poll, on_listing=listings.remember)
         self.controls = Controls(config, self.pool, self.meetings, backend, lifecycle, self.integrations,
                                  self.overrides, self.locator, self.monitor.poll_soon, self._background)
+        if self.cluster is not None:
+            self._share(self.cluster)
+            if poll:
+                self.shared_poller = SharedPoller(self.cluster, self.monitor, self.pool, config, self.status)
+                self.shared_poller.start()
         if poll:
             self.monitor.start()
         self._background(fill_geoloc(self.locator, self.pool))
         log.info("bbb-lb %s started: %d servers, %d meetings known, %d meeting events",
                  self.instance_id, len(self.pool), len(self.meetings), len(self.events))
+
+    def _share(self, cluster: Cluster) -> None:
+        """Changes made here are told to every process; changes told by others are applied here."""
+        async def meeting_changed(key: str) -> None:
+            await cluster.publish("meeting", key)
+
+        self.meetings.share(cluster, meeting_changed)
+        self.overrides.on_change = self.integrations.on_change = cluster.publish
+        cluster.on_change = self._changed_elsewhere
+        cluster.listen()
+
+    async def _changed_elsewhere(self, kind: str, subject: str) -> None:
+        """A change notice (from any process, this one included): drop what is cached about it."""
+        if kind == "meeting":
+            before = self.meetings.by_key(subject)
+            record = await self.meetings.refresh_key(subject)
+            if self.lifecycle is not None:
+                self.lifecycle.running.pop(subject, None)
+            for server in {r.server for r in (before, record) if r is not None}:
+                if self.listings is not None:
+                    self.listings.forget(server)
+        elif kind == "servers":
+            await self.overrides.apply()
+            if self.monitor is not None:
+                self.monitor.poll_soon()
+        elif kind == "integrations":
+            await self.integrations.load()
+        elif kind == "all":
+            await self.meetings.reload()
+            await self.overrides.apply()
+            await self.integrations.load()
+            if self.lifecycle is not None:
+                self.lifecycle.running.clear()
 
     async def _instance_id(self) -> str:
         if self.config.instance_id:
@@ -114,6 +158,10 @@ class LoadBalancer:
         task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
+        if self.shared_poller is not None:
+            await self.shared_poller.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -135,4 +183,7 @@ class LoadBalancer:
             self.deliveries.outbound.policy.own_ports.add(port)
 
     def status(self) -> dict[str, Any]:
-        return {"instance": self.instance_id, "meetings": len(self.meetings), "events": len(self.events)}
+        status = {"instance": self.instance_id, "meetings": len(self.meetings), "events": len(self.events)}
+        if self.cluster is not None:
+            status.update(node=self.cluster.node_id, poller=self.cluster.leader)
+        return status

@@ -52,21 +52,25 @@ async def create(ctx: Context) -> Answer:
     key = meeting_key(integration.name, meeting_id)
     while (pending := meetings.creation_in_progress(key)) is not None:
         await asyncio.shield(pending)
-    record = meetings.get(integration.name, meeting_id)
-    if record is not None:
-        server = await still_usable(ctx, record)
-        if server is not None:
-            return await create_on(ctx, server, record)
-    limit = integration.max_meetings
-    if limit is not None and meetings.count(integration.name) + meetings.creating(integration.name) >= limit:
-        raise errors.permission_denied_meetings()
-    meetings.begin_creation(key)
-    created: MeetingRecord | None = None
-    try:
-        answer, created = await create_new(ctx)
-        return answer
-    finally:
-        meetings.end_creation(key, created)
+    # Several processes: one creates this meeting at a time, and each reads the others' outcome.
+    async with meetings.create_guard(key, services.config.backend_timeout_s * MAX_CREATE_ATTEMPTS):
+        if meetings.cluster is not None:
+            await meetings.refresh(integration.name, meeting_id)
+        record = meetings.get(integration.name, meeting_id)
+        if record is not None:
+            server = await still_usable(ctx, record)
+            if server is not None:
+                return await create_on(ctx, server, record)
+        limit = integration.max_meetings
+        if limit is not None and meetings.count(integration.name) + meetings.creating(integration.name) >= limit:
+            raise errors.permission_denied_meetings()
+        meetings.begin_creation(key)
+        created: MeetingRecord | None = None
+        try:
+            answer, created = await create_new(ctx)
+            return answer
+        finally:
+            meetings.end_creation(key, created)
 
 
 async def still_usable(ctx: Context, record: MeetingRecord) -> Server | None:
@@ -140,7 +144,7 @@ async def create_on(ctx: Context, server: Server, record: MeetingRecord) -> Answ
 
 async def create_new(ctx: Context) -> tuple[Answer, MeetingRecord | None]:
     call, trace, meetings = ctx.call, ctx.trace, ctx.services.meetings
-    placement = ctx.services.placer.place(call)
+    placement = await ctx.services.placer.place_shared(call)
     trace.decide(**placement.explain())
     if not placement.order:
         raise errors.no_server_available()
