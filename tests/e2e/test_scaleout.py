@@ -38,8 +38,9 @@ def pair(tmp_path: Path, sim: Simulator, redis_server: RedisServer, redis_prefix
             lb.stop()
 
 
-def admin(lb: LB, path: str, body: dict[str, Any] | None = None) -> Any:
-    reply = http(f"http://127.0.0.1:{lb.bound['admin']}{path}", method="POST" if body is not None else "GET",
+def admin(lb: LB, path: str, body: dict[str, Any] | None = None, method: str | None = None) -> Any:
+    reply = http(f"http://127.0.0.1:{lb.bound['admin']}{path}",
+                 method=method or ("POST" if body is not None else "GET"),
                  data=json.dumps(body).encode() if body is not None else None,
                  headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"})
     assert reply.status < 300, (path, reply.status, reply.text)
@@ -132,8 +133,8 @@ def test_kill_9_of_one_of_two_instances_while_calls_run_loses_no_meeting(pair, s
     def keep_calling() -> None:
         while not stop.is_set():
             for meeting_id in meetings:
-                reply = b.call("isMeetingRunning", {"meetingID": meeting_id})
-                if "<running>true</running>" not in reply.text:
+                reply = b.call("getMeetingInfo", {"meetingID": meeting_id})
+                if "<returncode>SUCCESS</returncode>" not in reply.text:
                     failures.append(reply.text)
 
     caller = threading.Thread(target=keep_calling)
@@ -167,7 +168,7 @@ def test_the_admin_api_of_one_instance_acts_on_all(pair):
     admin(a, "/api/servers/bbb2/state", {"state": "disabled"})
     wait_for(lambda: next(s for s in admin(b, "/api/servers") if s["name"] == "bbb2")["is_disabled"], 5,
              what="b to see bbb2 disabled")
-    admin(b, "/api/integrations/moodle", {"secret": "moodle-secret-1234"})
+    admin(b, "/api/integrations/moodle", {"secret": "moodle-secret-1234"}, method="PUT")
     wait_for(lambda: "<returncode>SUCCESS</returncode>" in a.call("getMeetings", secret="moodle-secret-1234").text,
              5, what="a to accept the integration added on b")
 
