@@ -227,14 +227,13 @@ class Cluster:
     async def voice_bridges(self, server: str) -> set[str]:
         return set(await self._call(self.redis.smembers(self.store.key("bridges", server))))
 
-    async def sync_voice_bridges(self, server: str, in_use: set[str]) -> None:
-        """The poller's truth: the bridges a server's meetings use (plus the LB's own meetings')."""
-        key = self.store.key("bridges", server)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(key)
+    async def note_voice_bridges(self, server: str, in_use: set[str]) -> None:
+        """Bridges a poll saw in use (meetings not created through the LB too) are nobody else's.
+
+        Only added, never removed here: a bridge claimed by a create still under way is not in any
+        listing yet. The LB's own meetings give theirs back when they end."""
         if in_use:
-            pipe.sadd(key, *in_use)
-        await self._call(pipe.execute())
+            await self._call(self.redis.sadd(self.store.key("bridges", server), *in_use))
 
     # --- changes: every process drops its caches at once ---------------------------------------------
 
@@ -345,6 +344,7 @@ class SharedPoller:
             await self.cluster.publish_pool(servers)
             for server in servers:
                 await self.cluster.unplace(server.name, list(server.meetings))
+                await self.cluster.note_voice_bridges(server.name, server.voice_bridges)
             return
         view = await self.cluster.read_pool()
         if view is None:

@@ -168,6 +168,7 @@ class LbMetrics:
         With several processes on one Redis each reports itself: every series carries its
         ``instance_id`` (the node id the dashboard lists), so one scrape config covers them all."""
         lb = self.get_lb()
-        if lb is not None and lb.cluster is not None:
-            return prometheus_client.generate_latest(Labelled(self.registry, {"instance_id": lb.cluster.node_id}))
+        cluster = getattr(lb, "cluster", None)
+        if cluster is not None:
+            return prometheus_client.generate_latest(Labelled(self.registry, {"instance_id": cluster.node_id}))
         return prometheus_client.generate_latest(self.registry)

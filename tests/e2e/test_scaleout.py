@@ -216,3 +216,18 @@ def test_workers_with_the_embedded_store_are_refused(tmp_path, sim):
                            "--workers", "2"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.returncode == 2
     assert "--workers 2 needs store.backend: redis" in done.stderr
+
+
+def test_two_instances_never_give_one_voice_bridge_to_two_meetings_of_a_server(pair):
+    a, b = pair
+    barrier = threading.Barrier(6)
+
+    def go(i: int) -> str:
+        barrier.wait()
+        return (a if i % 2 else b).call("create", {"meetingID": f"vb-{i}", "name": "Voice", "voiceBridge": "71234",
+                                                   "preferredServer": "bbb1"}).text
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(go, range(6)))
+    bridges = [text.split("<voiceBridge>")[1].split("</voiceBridge>")[0] for text in answers]
+    assert len(set(bridges)) == 6, bridges
