@@ -110,6 +110,15 @@ def health(lb: LoadBalancer | None) -> tuple[int, dict[str, Any]]:
     return 503, {"status": "unavailable", "reason": reason, **counts}
 
 
+async def with_store_health(lb: LoadBalancer, status: int, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """A store that does not answer (Redis down) makes the instance unhealthy: it can place no meeting."""
+    problem = await lb.store.problem()
+    payload = {**payload, "store": "unavailable" if problem else "ok"}
+    if problem is None:
+        return status, payload
+    return 503, {**payload, "status": "unavailable", "reason": "the state store (Redis) is not reachable"}
+
+
 def _object(body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
@@ -258,7 +267,10 @@ class AdminServer:
         raise web.HTTPFound("/dashboard")
 
     async def health(self, request: web.Request) -> web.Response:
-        status, payload = health(self.get_lb())
+        lb = self.get_lb()
+        status, payload = health(lb)
+        if lb is not None:
+            status, payload = await with_store_health(lb, status, payload)
         return json_response(payload, status)
 
     async def prometheus(self, request: web.Request) -> web.Response:

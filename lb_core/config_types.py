@@ -92,6 +92,8 @@ def redacted_url(url: str) -> str:
         if query:
             pairs = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
             query = urlencode(pairs, safe="*/")
+        if (netloc, query) == (parts.netloc, parts.query):
+            return url  # nothing to hide (urlunsplit would also shorten unix:///path)
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     except ValueError:
         return "(an unreadable URL)"

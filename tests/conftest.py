@@ -297,9 +297,10 @@ def require_redis() -> str:
 class RedisServer:
     """One redis-server process with append-only persistence in its own folder, restartable on its port."""
 
-    def __init__(self, folder: Path, password: str | None = None) -> None:
+    def __init__(self, folder: Path, password: str | None = None, tls: bool = False) -> None:
         self.folder = folder
         self.password = password
+        self.tls = tls  # TLS only (rediss://), with a self-signed certificate for 127.0.0.1
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         folder.mkdir(parents=True, exist_ok=True)
@@ -307,6 +308,8 @@ class RedisServer:
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.folder / 'cert.pem'}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
@@ -315,10 +318,15 @@ class RedisServer:
         for _attempt in range(20):
             port = self.port or free_port()
             args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-                    "--dir", str(self.folder), "--daemonize", "no", "--loglevel", "warning",
+                    "--dir", str(self.folder), "--daemonize", "no", "--loglevel", "warning", "--enable-debug-command", "local",
                     "--logfile", str(self.folder / "redis.log")]
             if self.password:
                 args += ["--requirepass", self.password]
+            if self.tls:
+                self._certificate()
+                args[1:3] = ["--port", "0", "--tls-port", str(port), "--tls-auth-clients", "no",
+                             "--tls-cert-file", str(self.folder / "cert.pem"),
+                             "--tls-key-file", str(self.folder / "key.pem")]
             self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if self._wait_ready(port):
                 self.port = port
@@ -344,8 +352,35 @@ class RedisServer:
 
     def client(self, port: int | None = None) -> redis.Redis:
         """A plain (blocking) client, for a test to look at or steer the server."""
+        tls = {"ssl": True, "ssl_ca_certs": str(self.folder / "cert.pem")} if self.tls else {}
         return redis.Redis(host="127.0.0.1", port=port or self.port, password=self.password,
-                           socket_timeout=5, socket_connect_timeout=2, decode_responses=True)
+                           socket_timeout=5, socket_connect_timeout=2, decode_responses=True, **tls)
+
+    def _certificate(self) -> None:
+        """A self-signed certificate for 127.0.0.1 (the client trusts it as its CA)."""
+        if (self.folder / "cert.pem").exists():
+            return
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                               critical=False)
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(key, hashes.SHA256()))
+        (self.folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (self.folder / "key.pem").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None:

@@ -1,0 +1,158 @@
+"""RedisStore beyond the Store contract: its keys, sharing, passwords, and what a down or slow Redis does."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from lb_core.store import StoreError, StoreUnavailable
+from lb_core.store_redis import RedisStore
+from tests.conftest import RedisServer, free_port
+from tests.core.conftest import until
+
+
+@pytest.fixture
+async def opened() -> AsyncIterator[list[RedisStore]]:
+    """Stores a test opens; closed at the end whatever happened."""
+    stores: list[RedisStore] = []
+    yield stores
+    for store in stores:
+        await store.close()
+
+
+async def open_store(opened: list[RedisStore], url: str, prefix: str, **kwargs: float) -> RedisStore:
+    store = RedisStore(url, prefix, **kwargs)  # type: ignore[arg-type]
+    await store.open()
+    opened.append(store)
+    return store
+
+
+async def test_every_key_starts_with_the_prefix(redis_server: RedisServer, redis_prefix: str, opened) -> None:
+    store = await open_store(opened, redis_server.url, redis_prefix)
+    await store.put("meetings", "default m1", {"server": "bbb1"})
+    store.append_events([{"p": "00000001", "n": 1}])
+    await store.flush()
+    keys = redis_server.client().keys(f"{redis_prefix}*")
+    assert sorted(keys) == [f"{redis_prefix}:e:00000001", f"{redis_prefix}:ep", f"{redis_prefix}:t:meetings"]
+    assert store.key("poller") == f"{redis_prefix}:poller"
+
+
+async def test_two_processes_on_one_prefix_share_everything_and_other_prefixes_nothing(
+        redis_server: RedisServer, redis_prefix: str, opened) -> None:
+    one = await open_store(opened, redis_server.url, redis_prefix)
+    two = await open_store(opened, redis_server.url, redis_prefix)
+    other = await open_store(opened, redis_server.url, redis_prefix + "-other")
+    await one.put("meetings", "default m1", {"server": "bbb1"})
+    assert await two.get("meetings", "default m1") == {"server": "bbb1"}
+    one.append_events([{"p": "00000001", "n": 1}])
+    two.append_events([{"p": "00000001", "n": 2}])
+    # Written by each instance's writer as soon as its loop is free, not at the next flush of the reader.
+    await until(lambda: two.read_events("00000001"), what="the other instance's event")
+    await until(lambda: _count(two, "00000001", 2), what="both instances' events")
+    assert sorted(e["n"] for e in await one.read_events("00000001")) == [1, 2]
+    assert await other.all("meetings") == {} and await other.event_partitions() == []
+
+
+async def _count(store: RedisStore, partition: str, wanted: int) -> bool:
+    return len(await store.read_events(partition)) >= wanted
+
+
+async def test_put_if_absent_is_atomic_across_instances(redis_server: RedisServer, redis_prefix: str, opened) -> None:
+    stores = [await open_store(opened, redis_server.url, redis_prefix) for _ in range(3)]
+    results = await asyncio.gather(*(stores[i % 3].put_if_absent("meta", "instance", {"id": i}) for i in range(30)))
+    assert len({r["id"] for r in results}) == 1
+
+
+async def test_a_password_in_the_url_is_used_and_never_shown(tmp_path, opened) -> None:
+    server = RedisServer(tmp_path / "redis", password="s3cret-pw").start()
+    try:
+        store = await open_store(opened, server.url, "p")
+        await store.put("t", "k", {"v": 1})
+        assert await store.get("t", "k") == {"v": 1}
+        wrong = RedisStore(server.url.replace("s3cret-pw", "wrong-pw"), "p")
+        with pytest.raises(StoreError) as caught:
+            await wrong.open()
+        assert "wrong-pw" not in str(caught.value) and "redis://:***@127.0.0.1" in str(caught.value)
+        await wrong.close()
+    finally:
+        server.stop()
+
+
+async def test_tls_with_a_password_in_a_rediss_url(tmp_path, opened) -> None:
+    server = RedisServer(tmp_path / "redis", password="tls-pw", tls=True).start()
+    try:
+        assert server.url.startswith("rediss://:tls-pw@127.0.0.1:")
+        store = await open_store(opened, server.url, "p")
+        await store.put("t", "k", {"v": 1})
+        assert await store.get("t", "k") == {"v": 1}
+        plain = RedisStore(server.url.replace("rediss://", "redis://").split("?")[0], "p", timeout_s=0.5)
+        with pytest.raises(StoreError):  # the port speaks TLS only
+            await plain.open()
+        await plain.close()
+    finally:
+        server.stop()
+
+
+async def test_unreachable_redis_is_a_clear_prompt_error(opened) -> None:
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    store = RedisStore(url, "p", timeout_s=1.0)
+    started = time.monotonic()
+    with pytest.raises(StoreError) as caught:
+        await store.open()
+    assert time.monotonic() - started < 2
+    message = str(caught.value)
+    assert "cannot reach the store" in message and f"{url.replace('hunter2', '***')}" in message
+    assert "hunter2" not in message
+    await store.close()
+
+
+async def test_a_slow_redis_fails_calls_within_the_timeout(own_redis: RedisServer, opened) -> None:
+    store = await open_store(opened, own_redis.url, "p", timeout_s=0.3)
+    await store.put("t", "k", {"v": 1})
+    sleeper = threading.Thread(target=lambda: own_redis.client().execute_command("DEBUG", "SLEEP", "2"))
+    sleeper.start()
+    try:
+        await asyncio.sleep(0.1)  # the sleep has begun: Redis answers nobody
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="timed out"):
+            await store.get("t", "k")
+        with pytest.raises(StoreUnavailable):
+            await store.put("t", "k2", {"v": 2})
+        assert time.monotonic() - started < 2 * 0.3 + 0.3  # two calls, each cut at the timeout
+        assert await store.problem() is not None
+    finally:
+        await asyncio.to_thread(sleeper.join)
+    await until(lambda: _readable(store), what="the store answering again")
+    assert await store.get("t", "k") == {"v": 1}
+
+
+async def _readable(store: RedisStore) -> bool:
+    return await store.problem() is None
+
+
+async def test_a_restarted_redis_is_used_again_without_reopening_and_keeps_everything(
+        own_redis: RedisServer, opened) -> None:
+    store = await open_store(opened, own_redis.url, "p", timeout_s=0.5)
+    await asyncio.gather(*(store.put("meetings", f"default m{i}", {"server": f"bbb{i % 3}"}) for i in range(50)))
+    own_redis.stop()
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        await store.get("meetings", "default m1")
+    with pytest.raises(StoreUnavailable):
+        await store.put("meetings", "default new", {"server": "bbb1"})
+    assert time.monotonic() - started < 2
+    assert await store.problem() is not None
+    store.append_events([{"p": "00000001", "n": i} for i in range(5)])  # queued while Redis is away
+    await asyncio.sleep(0.1)
+    assert store.stats()["events_queued"] == 5
+    await asyncio.to_thread(own_redis.start)
+    await until(lambda: _readable(store), what="the store answering again")
+    assert len(await store.all("meetings")) == 50  # appendonly: nothing lost over the restart
+    assert await store.get("meetings", "default new") is None  # the failed write was not made
+    await until(lambda: _count(store, "00000001", 5), what="the queued events written")
+    assert [e["n"] for e in await store.read_events("00000001")] == [0, 1, 2, 3, 4]
+    assert store.stats()["events_queued"] == 0
