@@ -214,6 +214,32 @@ class Cluster:
             with contextlib.suppress(StoreUnavailable):
                 await self._call(self._release(keys=[name], args=[token]))
 
+    # --- work one process owns at a time (callback deliveries) ---------------------------------------
+
+    async def own(self, kind: str, key: str, ttl_s: float) -> bool:
+        """Take ``kind``/``key`` for this process unless a live one holds it (``keep_owning`` keeps it)."""
+        return bool(await self._call(self._renew(keys=[self.store.key(kind, key)],
+                                                 args=[self.node_id, int(ttl_s * 1000)])))
+
+    async def keep_owning(self, kind: str, keys: list[str], ttl_s: float) -> None:
+        """Keep what this process owns: a process that dies loses it after ``ttl_s``."""
+        if not keys:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.evalsha(self._renew.sha, 1, self.store.key(kind, key), self.node_id, int(ttl_s * 1000))
+        try:
+            await self._call(pipe.execute())
+        except StoreUnavailable:
+            raise
+        except Exception:  # the script not loaded yet (NOSCRIPT): one by one, which loads it
+            for key in keys:
+                await self.own(kind, key, ttl_s)
+
+    async def disown(self, kind: str, key: str) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await self._call(self._release(keys=[self.store.key(kind, key)], args=[self.node_id]))
+
     # --- voice bridges in use --------------------------------------------------------------------
 
     async def claim_voice_bridge(self, server: str, bridge: str) -> bool:

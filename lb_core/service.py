@@ -97,7 +97,11 @@ class LoadBalancer:
         services = Services(config, self.pool, self.meetings, self.events, backend, forwarder, listings, recordings,
                             lifecycle, placer, self.callbacks, self.instance_id)
         self.gateway = Gateway(config, Verifier(config, self.integrations), services, self.callbacks)
+        if self.cluster is not None:
+            self.deliveries.cluster = self.cluster
         await self.deliveries.resume()
+        if self.cluster is not None:
+            self.deliveries.share(self.cluster)
         self.monitor = Monitor(config, self.pool, self.meetings, backend, lifecycle.forget,
                                after_poll=self.overrides.after_poll, on_listing=listings.remember)
         self.controls = Controls(config, self.pool, self.meetings, backend, lifecycle, self.integrations,

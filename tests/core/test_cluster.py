@@ -108,3 +108,48 @@ async def test_a_meeting_ended_elsewhere_is_not_routed_even_without_its_notice(t
     await theirs.forget(MeetingRecord("default", "room", "bbb1", 1))
     assert await mine.refresh("default", "room") is None
     assert mine.get("default", "room") is None and mine.on_server("bbb1") == []
+
+
+class RecordingOutbound:
+    """An integration that never answers (every attempt fails), recording who tried."""
+
+    def __init__(self, name: str, tried: list[str]) -> None:
+        self.name, self.tried = name, tried
+
+    async def send(self, url: str, **_: object) -> int:
+        self.tried.append(self.name)
+        return 503
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_callback_delivery_is_tried_by_one_process_and_adopted_when_it_dies(
+        two: tuple[Cluster, Cluster], monkeypatch: pytest.MonkeyPatch) -> None:
+    from lb_core import deliveries as deliveries_module
+    from lb_core.deliveries import Deliveries
+    from lb_core.integrations import Integrations
+
+    monkeypatch.setattr(deliveries_module, "CLAIM_S", 0.5)
+    tried: list[str] = []
+    a, b = two
+    mine = Deliveries(a.store, RecordingOutbound("a", tried), Integrations([]), retry_delays_s=(60,))  # type: ignore[arg-type]
+    theirs = Deliveries(b.store, RecordingOutbound("b", tried), Integrations([]), retry_delays_s=(60,))  # type: ignore[arg-type]
+    mine.cluster, theirs.cluster = a, b
+    await mine.later({"what": "end callback", "integration": "default", "method": "GET",
+                      "url": "http://moodle.example/end"})
+    deadline = time.monotonic() + 5
+    while tried != ["a"]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    await theirs.resume()  # another process starting: the delivery is a's, not tried twice
+    await asyncio.sleep(0.1)
+    assert tried == ["a"]
+    for task in list(mine._tasks):  # a dies without a word: its claim is not renewed
+        task.cancel()
+    await asyncio.sleep(0.6)
+    await theirs.resume()
+    while tried != ["a", "b"]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    await theirs.close()
