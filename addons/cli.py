@@ -66,6 +66,13 @@ def _count(text: str) -> int:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bbb-lb", description="A BigBlueButton load balancer built on mitmproxy.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -85,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ports-file", default="",
                      help='once listening, write the bound ports here as JSON: {"listen": N, "admin": N or null}'
                           " (for listen.port / admin.port 0)")
-    run.add_argument("--workers", type=_count, default=None,
+    run.add_argument("--workers", type=_at_least_one, default=None,
                      help="processes serving the listen port (SO_REUSEPORT); above 1 needs store.backend: redis "
                           "(default: the config's workers, 1)")
     for hidden in ("--worker-index", "--listen-port", "--admin-port"):  # set by the supervisor for its workers
