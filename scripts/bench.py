@@ -812,7 +812,12 @@ def bbb_lb_cases(command: list[str] | None) -> list[Case]:
             paths = (join_paths(lb, ids) if call == "join" else new_meeting_paths(lb, env.args.duration)
                      if call == "create" else per_meeting_paths(lb, call, ids))
             note = f"Redis store, {workers} worker{'s' if workers > 1 else ''}; all share the same 2 cores"
-            return Target(lb.url, paths, pids={**lb_pids(lb, sim), "redis": redis_pid}, note=note)
+            pids = {**lb_pids(lb, sim), "redis": redis_pid}
+            if workers > 1:  # the supervisor idles: report each worker (its children)
+                del pids["bbb-lb"]
+                children = Path(f"/proc/{lb.child.pid}/task/{lb.child.pid}/children").read_text().split()
+                pids.update({f"worker{i}": int(pid) for i, pid in enumerate(children)})
+            return Target(lb.url, paths, pids=pids, note=note)
         return setup
 
     cases = [
