@@ -231,3 +231,22 @@ def test_two_instances_never_give_one_voice_bridge_to_two_meetings_of_a_server(p
         answers = list(pool.map(go, range(6)))
     bridges = [text.split("<voiceBridge>")[1].split("</voiceBridge>")[0] for text in answers]
     assert len(set(bridges)) == 6, bridges
+
+
+@pytest.mark.browser
+def test_the_dashboard_of_any_instance_lists_every_live_one(pair, tmp_path):
+    import lxml.html
+
+    from tests.e2e.test_dashboard import chromium
+
+    a, b = pair
+    nodes = wait_for(lambda: (n := admin(a, "/api/status").get("nodes")) and len(n) == 2 and n, 10,
+                     what="both instances' heartbeats")
+    dom = chromium(tmp_path / "profile", f"http://127.0.0.1:{a.bound['admin']}/dashboard?token={ADMIN_TOKEN}",
+                   "--dump-dom")
+    page = lxml.html.fromstring(dom)
+    assert page.get_element_by_id("nodes-section").get("hidden") is None
+    rows = [[td.text_content().strip() for td in row.xpath("td")] for row in page.xpath('//table[@id="nodes"]/tbody/tr')]
+    assert sorted(row[2] for row in rows) == sorted(str(n["pid"]) for n in nodes)
+    assert sum(1 for row in rows if row[3] == "poller") == 1
+    assert sum(1 for row in rows if row[0].endswith("(this one)")) == 1
