@@ -15,9 +15,8 @@ from addons.limits import BODY_LIMIT, answer_and_close
 from lb_core import config as lb_config
 from lb_core import errors
 from lb_core.api import API_PREFIX, Answer, Request
-from lb_core.config import UPLOAD_CALLS
 from lb_core.errors import ApiError, request_too_large
-from lb_core.handlers import CALLS
+from lb_core.handlers import CALLS, is_upload
 from lb_core.service import LoadBalancer
 from lb_core.store import Store
 from lb_core.trace import Handled, Trace
@@ -70,14 +69,15 @@ class BbbLoadBalancer:
         path, _, raw_query = flow.request.path.partition("?")
         call = path[len(API_PREFIX) + 1:].removesuffix(".xml") if path.startswith(API_PREFIX + "/") else ""
         headers = flow.request.headers
+        upload = is_upload(call)
         error: ApiError | None = None
         if len(raw_query) > limits.max_query_bytes:
             error = request_too_large()
         elif "transfer-encoding" not in headers:  # a chunked body is measured as it streams in
             length = headers.get("content-length", "").strip()
-            if length.isdigit() and int(length) > limits.body_limit(call):
+            if length.isdigit() and int(length) > limits.body_limit(upload):
                 error = request_too_large()
-        if error is None and call in UPLOAD_CALLS and not _small_body(headers, limits.max_body_bytes):
+        if error is None and upload and not _small_body(headers, limits.max_body_bytes):
             error = self._unsigned_upload(flow, call, raw_query)
         if error is not None:
             handled = refused(error, call[:64])
@@ -89,7 +89,7 @@ class BbbLoadBalancer:
                 self.answer(flow, handled, 0.0)
             return
         # Checked again as the body streams in: a chunked body has no length to judge by here.
-        flow.metadata[BODY_LIMIT] = limits.body_limit(call)
+        flow.metadata[BODY_LIMIT] = limits.body_limit(upload)
 
     def _unsigned_upload(self, flow: http.HTTPFlow, call: str, raw_query: str) -> ApiError | None:
         """A large upload is read only for a caller whose query checksum verifies: checked from the head alone.

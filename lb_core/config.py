@@ -188,14 +188,11 @@ class AdminConfig(Model):
         return self
 
 
-UPLOAD_CALLS = frozenset({"create", "insertDocument", "putRecordingTextTrack"})
-
-
 class LimitsConfig(Model):
     """What an anonymous client may cost the LB before its checksum is checked."""
 
     max_body_bytes: Count(1024) = 64 * 1024  # form bodies of calls that are not uploads
-    # create, insertDocument, putRecordingTextTrack; when the file does not say, backend.max_body_bytes
+    # calls registered with upload=True (lb_core/handlers); when the file does not say, backend.max_body_bytes
     max_upload_bytes: Count(1024) = 64 * 1024 * 1024
     max_query_bytes: Count(1024) = 64 * 1024
     max_params: Count(16) = 1000
@@ -204,9 +201,9 @@ class LimitsConfig(Model):
     idle_timeout_s: Seconds(0.1) = 60.0
     max_connections: Count(1) = 1000
 
-    def body_limit(self, call: str) -> int:
-        """The largest body ``call`` may carry: uploads get the large limit, every other call the small one."""
-        return self.max_upload_bytes if call in UPLOAD_CALLS else self.max_body_bytes
+    def body_limit(self, upload: bool) -> int:
+        """The largest body a call may carry: uploads get the large limit, every other call the small one."""
+        return self.max_upload_bytes if upload else self.max_body_bytes
 
 
 class CallbacksConfig(Model):

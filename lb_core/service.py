@@ -9,6 +9,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from lb_core.backend import BackendClient
@@ -28,7 +29,7 @@ from lb_core.listings import ListingsCache
 from lb_core.meetings import MeetingRegistry
 from lb_core.monitor import Monitor
 from lb_core.outbound import OutboundClient, own_ports
-from lb_core.placement import Placer
+from lb_core.placement import Locate, Placer
 from lb_core.pool import Pool
 from lb_core.recording_index import RecordingIndex
 from lb_core.store import Store, make_store
@@ -38,6 +39,30 @@ from lb_core.verify import Verifier
 log = logging.getLogger("bbb_lb")
 
 META_TABLE = "meta"
+
+
+@dataclass(frozen=True, slots=True)
+class Api:
+    """The API side of an LB: the gateway and the services its handlers use."""
+
+    gateway: Gateway
+    services: Services
+
+
+def assemble(config: Config, pool: Pool, meetings: MeetingRegistry, events: EventLog, backend: BackendClient,
+             integrations: Integrations, instance_id: str, *, locate: Locate | None = None,
+             store: Store | None = None, deliveries: Deliveries | None = None) -> Api:
+    """The gateway and its services, each built after what it needs (callbacks only with a store and
+    ``deliveries``). ``LoadBalancer`` starts this; tests may build it over a scripted backend."""
+    forwarder = Forwarder(config, pool, backend)
+    listings = ListingsCache(config, pool, forwarder)
+    recordings = RecordingIndex(pool)
+    lifecycle = MeetingLifecycle(config, pool, meetings, events, backend, listings, recordings)
+    callbacks = (Callbacks(store, pool, config.public_url, lifecycle.meeting_ended, deliveries)
+                 if store is not None and deliveries is not None else None)
+    services = Services(config, pool, meetings, events, backend, forwarder, listings, recordings, lifecycle,
+                        Placer(config, pool, meetings, locate), callbacks, instance_id)
+    return Api(Gateway(config, Verifier(config, integrations), services, callbacks), services)
 
 
 class LoadBalancer:
@@ -85,25 +110,21 @@ class LoadBalancer:
                                                config.max_body_bytes)
         if config.geo.database:
             self.locator = await asyncio.to_thread(GeoLocator, config.geo.database)
-        forwarder = Forwarder(config, self.pool, backend)
-        listings = self.listings = ListingsCache(config, self.pool, forwarder)
-        recordings = RecordingIndex(self.pool)
-        lifecycle = self.lifecycle = MeetingLifecycle(config, self.pool, self.meetings, self.events, backend,
-                                                      listings, recordings)
         self.deliveries = Deliveries(self.store, OutboundClient(config.callbacks, own_ports(config), config.public_url),
                                      self.integrations, config.callback_retry_delays_s)
-        self.callbacks = Callbacks(self.store, self.pool, config.public_url, lifecycle.meeting_ended, self.deliveries)
-        placer = Placer(config, self.pool, self.meetings, self.locator.locate if self.locator is not None else None)
-        services = Services(config, self.pool, self.meetings, self.events, backend, forwarder, listings, recordings,
-                            lifecycle, placer, self.callbacks, self.instance_id)
-        self.gateway = Gateway(config, Verifier(config, self.integrations), services, self.callbacks)
+        api = assemble(config, self.pool, self.meetings, self.events, backend, self.integrations, self.instance_id,
+                       locate=self.locator.locate if self.locator is not None else None,
+                       store=self.store, deliveries=self.deliveries)
+        lifecycle = self.lifecycle = api.services.lifecycle
+        self.callbacks, self.gateway = api.services.callbacks, api.gateway
+        self.listings = api.services.listings
         if self.cluster is not None:
             self.deliveries.cluster = self.cluster
         await self.deliveries.resume()
         if self.cluster is not None:
             self.deliveries.share(self.cluster)
         self.monitor = Monitor(config, self.pool, self.meetings, backend, lifecycle.forget,
-                               after_poll=self.overrides.after_poll, on_listing=listings.remember)
+                               after_poll=self.overrides.after_poll, on_listing=api.services.listings.remember)
         self.controls = Controls(config, self.pool, self.meetings, backend, lifecycle, self.integrations,
                                  self.overrides, self.locator, self.monitor.poll_soon, self._background)
         if self.cluster is not None:

@@ -60,7 +60,7 @@ class Verifier:
         if len(raw_query) > limits.max_query_bytes:
             raise errors.request_too_large()
         if body is not None:
-            if len(body) > limits.body_limit(name):
+            if len(body) > limits.body_limit(spec.upload):
                 raise errors.request_too_large()
             if content_type not in spec.content_types:
                 raise errors.unsupported_content_type()

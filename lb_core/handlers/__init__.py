@@ -4,7 +4,7 @@ Find a call's handler by its name: ``grep -rn '"getMeetings"' lb_core/handlers``
 ``CALLS`` (``lb_core/calls.py``): name -> handler, methods, content types, JSON-ness, route.
 """
 
-from lb_core.calls import CALLS, CallSpec, allowed_methods
+from lb_core.calls import CALLS, CallSpec, allowed_methods, is_upload
 from lb_core.handlers import create, listings, mconf, meetings, recordings
 
-__all__ = ["CALLS", "CallSpec", "allowed_methods", "create", "listings", "mconf", "meetings", "recordings"]
+__all__ = ["CALLS", "CallSpec", "allowed_methods", "is_upload", "create", "listings", "mconf", "meetings", "recordings"]

@@ -33,7 +33,8 @@ MAX_CREATE_ATTEMPTS = 3
 _VOICE_BRIDGE_ATTEMPTS = 200
 
 
-@bbb_call("create", content_types=(FORM, "multipart/form-data", "application/xml", "text/xml"), route="placed")
+@bbb_call("create", content_types=(FORM, "multipart/form-data", "application/xml", "text/xml"), upload=True,
+          route="placed")
 async def create(ctx: Context) -> Answer:
     call, services = ctx.call, ctx.services
     meeting_id = call.param("meetingID")

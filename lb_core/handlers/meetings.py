@@ -72,7 +72,7 @@ async def get_meeting_info(ctx: Context) -> Answer:
     return answer
 
 
-@bbb_call("insertDocument", content_types=("application/xml", "text/xml"))
+@bbb_call("insertDocument", content_types=("application/xml", "text/xml"), upload=True)
 @bbb_call("sendChatMessage")
 async def routed_by_meeting(ctx: Context) -> Answer:
     answer, _ = await ctx.routed(ctx.server_of(ctx.require_meeting()))

@@ -64,7 +64,7 @@ async def recordings_action(ctx: Context) -> Answer:
 
 
 @bbb_call("getRecordingTextTracks", json=True)
-@bbb_call("putRecordingTextTrack", content_types=("multipart/form-data",), json=True)
+@bbb_call("putRecordingTextTrack", content_types=("multipart/form-data",), json=True, upload=True)
 async def routed_by_recording(ctx: Context) -> Answer:
     """Text tracks: BBB answers these in JSON, its errors too."""
     record_id = ctx.call.param("recordID")

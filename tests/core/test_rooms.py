@@ -77,3 +77,9 @@ async def test_an_integration_changed_at_run_time_is_seen_by_every_part(lb) -> N
     assert lb.lb.deliveries.integrations.get("moodle") is lb.lb.integrations.get("moodle")  # one owner
     await lb.lb.controls.remove_integration("moodle")
     assert (await lb.call("getMeetings", secret=secret)).field("messageKey") == "checksumError"
+
+
+def test_uploads_are_declared_on_their_handlers() -> None:
+    """The large body limit follows the registry: no second list of upload calls."""
+    assert {name for name, spec in CALLS.items() if spec.upload} == {"create", "insertDocument",
+                                                                     "putRecordingTextTrack"}

@@ -203,6 +203,6 @@ def test_bound_listen_port_carries_into_a_default_public_url():
 
 def test_upload_limit_defaults_to_the_backend_body_limit():
     c = config.parse({**BASE, "backend": {"max_body_bytes": 1048576}})
-    assert (c.limits.body_limit("create"), c.limits.body_limit("join")) == (1048576, 64 * 1024)
+    assert (c.limits.body_limit(upload=True), c.limits.body_limit(upload=False)) == (1048576, 64 * 1024)
     c = config.parse({**BASE, "backend": {"max_body_bytes": 1048576}, "limits": {"max_upload_bytes": 100_000}})
-    assert c.limits.body_limit("insertDocument") == 100_000
+    assert c.limits.body_limit(upload=True) == 100_000

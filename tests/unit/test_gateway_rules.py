@@ -12,18 +12,14 @@ from lb_core import bbbxml, config, lifecycle, recording_index
 from lb_core.api import Call
 from lb_core.backend import BackendError, BackendReply
 from lb_core.events import EventLog
-from lb_core.forwarding import Forwarder
 from lb_core.handlers import CALLS, allowed_methods
 from lb_core.handlers.context import Context, Services, is_internal_meeting_id
 from lb_core.integrations import Integrations
-from lb_core.lifecycle import MeetingLifecycle
-from lb_core.listings import ListingsCache
 from lb_core.lru import LruCache
 from lb_core.meetings import MeetingRecord, MeetingRegistry
-from lb_core.placement import Placer
 from lb_core.pool import Pool
 from lb_core.query import RawQuery
-from lb_core.recording_index import RecordingIndex
+from lb_core.service import assemble
 from lb_core.store import TinyDbStore
 from lb_core.trace import Trace
 from lb_core.verify import conflicting_param
@@ -85,7 +81,7 @@ class ScriptedBackend:
 
 
 class Parts:
-    """The handlers' services over a scripted backend, assembled as service.LoadBalancer does."""
+    """The handlers' services over a scripted backend (``service.assemble``, as the LB builds them)."""
 
     def __init__(self, services: Services, integrations: Integrations) -> None:
         self.services = services
@@ -102,13 +98,10 @@ async def make_parts(tmp_path: Path, backend: ScriptedBackend) -> Parts:
                         "servers": [{"name": "bbb1", "url": "http://127.0.0.1:1/bigbluebutton/", "secret": "s1"}]})
     store = TinyDbStore(str(tmp_path / "lb.json"))
     await store.open()
-    pool, meetings, events = Pool(cfg.servers), MeetingRegistry(store), EventLog(store)
-    forwarder = Forwarder(cfg, pool, backend)  # type: ignore[arg-type]
-    listings, recordings = ListingsCache(cfg, pool, forwarder), RecordingIndex(pool)
-    life = MeetingLifecycle(cfg, pool, meetings, events, backend, listings, recordings)  # type: ignore[arg-type]
-    services = Services(cfg, pool, meetings, events, backend, forwarder, listings,  # type: ignore[arg-type]
-                        recordings, life, Placer(cfg, pool, meetings), None, "guid-1")
-    return Parts(services, Integrations(cfg.integrations))
+    integrations = Integrations(cfg.integrations)
+    api = assemble(cfg, Pool(cfg.servers), MeetingRegistry(store), EventLog(store), backend,  # type: ignore[arg-type]
+                   integrations, "guid-1")
+    return Parts(api.services, integrations)
 
 
 def test_learned_recordings_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -257,16 +257,9 @@ async def test_a_create_whose_meeting_cannot_be_stored_answers_internal_error(tm
     from lb_core import bbbxml, checksum, config
     from lb_core.api import Request
     from lb_core.events import EventLog
-    from lb_core.forwarding import Forwarder
-    from lb_core.gateway import Gateway
-    from lb_core.handlers.context import Services
     from lb_core.integrations import Integrations
-    from lb_core.lifecycle import MeetingLifecycle
-    from lb_core.listings import ListingsCache
-    from lb_core.placement import Placer
     from lb_core.pool import Pool, Status
-    from lb_core.recording_index import RecordingIndex
-    from lb_core.verify import Verifier
+    from lb_core.service import assemble
 
     cfg = config.parse({"secret": "lb-secret", "store": {"path": str(tmp_path / "lb.json")},
                         "servers": [{"name": "bbb1", "url": "http://127.0.0.1:1/bigbluebutton/", "secret": "s1"}]})
@@ -275,13 +268,8 @@ async def test_a_create_whose_meeting_cannot_be_stored_answers_internal_error(tm
     for server in pool:
         server.status = Status.UP
     registry = MeetingRegistry(store)
-    backend, events = ScriptedBackend(), EventLog(store)
-    forwarder = Forwarder(cfg, pool, backend)  # type: ignore[arg-type]
-    listings, recordings = ListingsCache(cfg, pool, forwarder), RecordingIndex(pool)
-    life = MeetingLifecycle(cfg, pool, registry, events, backend, listings, recordings)  # type: ignore[arg-type]
-    services = Services(cfg, pool, registry, events, backend, forwarder, listings,  # type: ignore[arg-type]
-                        recordings, life, Placer(cfg, pool, registry), None, "guid-1")
-    gateway = Gateway(cfg, Verifier(cfg, Integrations(cfg.integrations)), services)
+    gateway = assemble(cfg, pool, registry, EventLog(store), ScriptedBackend(),  # type: ignore[arg-type]
+                       Integrations(cfg.integrations), "guid-1").gateway
 
     def create() -> Request:
         query = checksum.sign("create", "meetingID=room&name=Room", "lb-secret", "sha256")
