@@ -126,12 +126,28 @@ class Deliveries:
                 log.warning("%s to integration %s at %s given up after %d attempts (last: %s)", delivery["what"],
                             delivery["integration"], target, attempts, status or failure or "no answer")
                 break
-            await self.store.put(DELIVERIES_TABLE, key, {**delivery, "attempts": attempts})
+            try:
+                await self.store.put(DELIVERIES_TABLE, key, {**delivery, "attempts": attempts})
+            except StoreError as exc:  # the store is away (Redis down): retrying matters more than the count
+                log.warning("%s to integration %s: attempt count not saved: %s", delivery["what"],
+                            delivery["integration"], exc)
             await asyncio.sleep(self.retry_delays_s[attempts - 1])
-        await self.store.delete(DELIVERIES_TABLE, key)
+        await self._forget(key)
         self._owned.discard(key)
         if self.cluster is not None:
             await self.cluster.disown(CLAIM, key)
+
+    async def _forget(self, key: str) -> None:
+        """Delete a finished delivery; while the store is away, keep trying (else a restart sends it again)."""
+        delay = 0.5
+        while True:
+            try:
+                await self.store.delete(DELIVERIES_TABLE, key)
+                return
+            except StoreError as exc:
+                log.warning("finished delivery not yet removed from the store, again in %.0f s: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def _attempt(self, delivery: dict[str, Any]) -> tuple[int | None, str]:
         """(HTTP status, "") or (None, why it failed); TargetRefused when the target is not allowed."""

@@ -89,6 +89,7 @@ class RedisStore(Store):
         self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._put_if_absent = self.redis.register_script(_PUT_IF_ABSENT)
         self._pending_events: list[Doc] = []
+        self._writing = 0  # events of the batch being written: still queued until Redis confirms them
         self._events_dirty = asyncio.Event()
         self._events_lock = asyncio.Lock()
         self._event_writer: asyncio.Task[None] | None = None
@@ -134,6 +135,26 @@ class RedisStore(Store):
             raise StoreError(f"cannot reach the store: {exc}") from None
         self._opened = True
         self._event_writer = asyncio.create_task(self._write_events_forever(), name="redis-event-writer")
+        for warning in await self.setup_warnings():
+            log.warning("Redis at %s: %s", self.safe_url, warning)
+
+    async def setup_warnings(self) -> list[str]:
+        """What in the Redis setup can lose meetings: no persistence, or eviction of keys under memory pressure.
+
+        Read from INFO and CONFIG when the server allows them (a managed Redis may refuse CONFIG).
+        """
+        warnings: list[str] = []
+        with contextlib.suppress(StoreError):
+            persistence = await self._call(self.redis.info("persistence"))
+            if str(persistence.get("aof_enabled", "1")) == "0":
+                warnings.append("append-only persistence is off (appendonly no): a restart of Redis would lose "
+                                "every meeting; set appendonly yes")
+        with contextlib.suppress(StoreError):
+            policy = (await self._call(self.redis.config_get("maxmemory-policy"))).get("maxmemory-policy", "")
+            if policy and policy != "noeviction":
+                warnings.append(f"maxmemory-policy is {policy}: Redis may evict meetings when its memory is full; "
+                                "set noeviction")
+        return warnings
 
     async def close(self) -> None:
         if self._closed:
@@ -188,7 +209,7 @@ class RedisStore(Store):
     async def tables(self) -> list[str]:
         start = len(self._table(""))
         names = [name[start:] async for name in self._scan(self._table("*"))]
-        return sorted(names)
+        return sorted(name for name in names if ":" not in name)  # not another LB's keys under "{prefix}:t:..."
 
     async def _scan(self, pattern: str) -> AsyncIterator[str]:
         cursor: int | str = 0
@@ -267,6 +288,7 @@ class RedisStore(Store):
         if not self._pending_events:
             return
         batch, self._pending_events = self._pending_events, []
+        self._writing = len(batch)
         grouped: dict[str, list[str]] = {}
         for event in batch:
             grouped.setdefault(str(event.get("p")), []).append(_dumps(event))
@@ -279,6 +301,8 @@ class RedisStore(Store):
         except BaseException:
             self._pending_events[:0] = batch
             raise
+        finally:
+            self._writing = 0
 
     async def flush(self) -> None:
         if self._closed:
@@ -292,6 +316,6 @@ class RedisStore(Store):
             "write_seconds_total": self.write_seconds_total,
             "last_write_seconds": self.last_write_seconds,
             "write_failures_total": self.write_failures_total,
-            "events_queued": len(self._pending_events),
+            "events_queued": len(self._pending_events) + self._writing,
             "events_dropped_total": self.events_dropped_total,
         }

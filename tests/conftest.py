@@ -22,6 +22,8 @@ from urllib.parse import urlencode
 import pytest
 import redis
 import yaml
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from lb_core import checksum
 
@@ -344,17 +346,18 @@ class RedisServer:
             if self.process.poll() is not None:
                 return False  # the port was taken (bind failure): try again
             try:
-                if self.client(port).ping():
+                if self.client(port, timeout=0.5).ping():
                     return True
             except redis.RedisError:
                 time.sleep(0.02)
         return False
 
-    def client(self, port: int | None = None) -> redis.Redis:
-        """A plain (blocking) client, for a test to look at or steer the server."""
+    def client(self, port: int | None = None, timeout: float = 5.0) -> redis.Redis:
+        """A plain (blocking) client, for a test to look at or steer the server; it does not retry."""
         tls = {"ssl": True, "ssl_ca_certs": str(self.folder / "cert.pem")} if self.tls else {}
         return redis.Redis(host="127.0.0.1", port=port or self.port, password=self.password,
-                           socket_timeout=5, socket_connect_timeout=2, decode_responses=True, **tls)
+                           socket_timeout=timeout, socket_connect_timeout=min(timeout, 2.0), decode_responses=True,
+                           retry=Retry(NoBackoff(), 0), **tls)
 
     def _certificate(self) -> None:
         """A self-signed certificate for 127.0.0.1 (the client trusts it as its CA)."""

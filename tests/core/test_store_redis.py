@@ -156,3 +156,33 @@ async def test_a_restarted_redis_is_used_again_without_reopening_and_keeps_every
     await until(lambda: _count(store, "00000001", 5), what="the queued events written")
     assert [e["n"] for e in await store.read_events("00000001")] == [0, 1, 2, 3, 4]
     assert store.stats()["events_queued"] == 0
+
+
+async def test_a_redis_that_can_lose_meetings_is_warned_about(own_redis: RedisServer, opened,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    store = await open_store(opened, own_redis.url, "p")  # appendonly yes, noeviction: nothing to say
+    assert await store.setup_warnings() == []
+    client = own_redis.client()
+    client.config_set("appendonly", "no")
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    await open_store(opened, own_redis.url, "p")
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("appendonly no" in w for w in warned) and any("allkeys-lru" in w for w in warned), warned
+
+
+def test_the_redis_fixture_takes_another_port_when_its_port_is_taken(tmp_path, monkeypatch) -> None:
+    import socket
+
+    import tests.conftest as harness
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        ports = iter([taken])
+        monkeypatch.setattr(harness, "free_port", lambda: next(ports, None) or free_port())
+        server = RedisServer(tmp_path / "redis").start()
+        try:
+            assert server.port != taken and server.client().ping()
+        finally:
+            server.stop()
