@@ -209,6 +209,39 @@ def test_workers_share_one_port(tmp_path, sim, redis_server, redis_prefix):
         assert lb.stop() == 0
 
 
+def test_a_worker_killed_is_restarted_and_the_other_answers_meanwhile(tmp_path, sim, redis_server, redis_prefix):
+    sim.reset()
+    lb = redis_lb(tmp_path, sim, redis_server, redis_prefix, "w")
+    lb.extra_args = ["--workers", "2"]
+    lb.start()
+    try:
+        assert lb.process is not None
+        children = Path(f"/proc/{lb.process.pid}/task/{lb.process.pid}/children")
+        first = children.read_text().split()
+        assert len(first) == 2
+        create(lb, "survivor")
+        subprocess.run(["kill", "-9", first[0]], check=True)
+
+        def dead(pid: str) -> bool:
+            status = Path(f"/proc/{pid}/status")
+            return not status.exists() or "\nState:\tZ" in status.read_text()
+
+        # Connections queued at the killed worker's socket when it died are reset (SO_REUSEPORT keeps no
+        # shared queue); once it is gone, the kernel sends every new one to the live worker.
+        wait_for(lambda: dead(first[0]), 10, what="the worker to die")
+        for _ in range(30):
+            assert "<returncode>SUCCESS</returncode>" in lb.call("getMeetingInfo", {"meetingID": "survivor"}).text
+        now = wait_for(lambda: len(c := children.read_text().split()) == 2 and first[0] not in c and c, 20,
+                       what="the supervisor to restart the worker")
+        ports = json.loads(lb.config_path.with_name(lb.config_path.stem + ".ports.json").read_text())
+        survivor = LB(lb.config_path, lb.config, lb.log_path,
+                      bound={"admin": next(w["admin"] for w in ports["workers"] if str(w["pid"]) != first[0])})
+        wait_for(lambda: {n["pid"] for n in admin(survivor, "/api/status")["nodes"]} >= {int(p) for p in now}, 20,
+                 what="the new worker's heartbeat")
+    finally:
+        assert lb.stop() == 0
+
+
 def test_workers_with_the_embedded_store_are_refused(tmp_path, sim):
     lb = make_lb(tmp_path, sim)
     lb.config_path.write_text(json.dumps(lb.config))
