@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 from mitmproxy import ctx, exceptions, http, io
 
 from lb_core.capture import mask_query, mask_url, mask_xml
-from lb_core.store import FILE_MODE, make_private_dir, open_private
+from lb_core.durable_files import FILE_MODE, make_private_dir, open_private
 
 log = logging.getLogger("bbb_lb.capture")
 

@@ -1,4 +1,5 @@
-"""``bbb-lb servers ...`` and ``bbb-lb integrations ...``: operator controls through the admin listener.
+"""``bbb-lb servers ...``, ``bbb-lb integrations ...`` and ``bbb-lb rules ...``: operator controls through
+the admin listener.
 
 They talk to the running LB over HTTP (stdlib only), so a change takes effect at once and is kept by
 the LB's store; nothing here edits config.yaml. Where to connect and the token come from the config
@@ -135,17 +136,50 @@ def print_servers(servers: list[dict[str, Any]]) -> None:
     print(table(rows, ["NAME", "STATUS", "STATE", "DRAINING", "MEETINGS", "PARTICIPANTS", "LOAD", "URL"]))
 
 
+def _used(used: Any, limit: Any) -> str:
+    return f"{used}/{limit}" if limit is not None else str(used)
+
+
 def print_integrations(integrations: list[dict[str, Any]]) -> None:
     rows = [[i["name"], "yes" if i["enabled"] else "no", "yes" if i["can_record"] else "no",
-             _num(i["max_meetings"]), str(i["meetings"]), str(i["secrets"])] for i in integrations]
-    print(table(rows, ["NAME", "ENABLED", "RECORD", "MAX_MEETINGS", "MEETINGS", "SECRETS"]))
+             _used(i["meetings"], i["max_meetings"]),
+             _used(i.get("participants", 0), i.get("max_participants")),
+             _num(i.get("max_duration_minutes")),
+             str(sum(len(params) for params in (i.get("rules") or {}).values())),
+             ", ".join(f"{k} {v}" for k, v in sorted((i.get("limit_hits") or {}).items())) or "-",
+             str(i["secrets"])] for i in integrations]
+    print(table(rows, ["NAME", "ENABLED", "RECORD", "MEETINGS", "PARTICIPANTS", "MAX_MINUTES", "RULES",
+                       "REFUSED", "SECRETS"]))
 
 
 def integration_line(i: dict[str, Any]) -> str:
     flags = ["enabled" if i["enabled"] else "disabled", "can record" if i["can_record"] else "no recording"]
     if i["max_meetings"] is not None:
         flags.append(f"at most {i['max_meetings']} meetings")
+    if i.get("max_participants") is not None:
+        flags.append(f"at most {i['max_participants']} participants"
+                     + ("" if i.get("limit_moderators", True) else " (moderators exempt)"))
+    if i.get("max_duration_minutes") is not None:
+        flags.append(f"meetings of at most {i['max_duration_minutes']} minutes")
     return f"{i['name']}: {', '.join(flags)}, {i['secrets']} secret(s), {i['meetings']} meetings"
+
+
+def rule_text(rule: dict[str, Any]) -> str:
+    (operation, value), = rule.items()
+    if operation == "block":
+        return "block"
+    if isinstance(value, list):
+        value = ",".join(value)
+    return f"{operation} {json.dumps(value) if isinstance(value, str) else value}"
+
+
+def print_rules(rules: dict[str, dict[str, Any]], title: str) -> None:
+    rows = [[call, param, rule_text(rule)] for call in ("create", "join") for param, rule in rules.get(call, {}).items()]
+    if not rows:
+        print(f"{title}: no rules")
+        return
+    print(f"{title}:")
+    print(table(rows, ["CALL", "PARAMETER", "RULE"]))
 
 
 # --- handlers -------------------------------------------------------------------------------------------
@@ -215,8 +249,15 @@ def integrations_put(args: argparse.Namespace, client: AdminClient) -> None:
         spec["max_meetings"] = args.max_meetings
     if args.enabled is not None:
         spec["enabled"] = args.enabled
+    for key in ("max_participants", "max_duration_minutes"):
+        value = getattr(args, key)
+        if value is not None:
+            spec[key] = None if value == "none" else value
+    if args.limit_moderators is not None:
+        spec["limit_moderators"] = args.limit_moderators
     if not adding and not spec:
-        raise CliError("nothing to update: give --secret, --previous-secret, --record/--no-record or --max-meetings")
+        raise CliError("nothing to update: give --secret, --previous-secret, --record/--no-record, --max-meetings, "
+                       "--max-participants, --limit-moderators/--no-limit-moderators or --max-duration-minutes")
     result = client.call("PUT", f"/api/integrations/{_name(args.name)}", spec)
     print(("added " if adding else "updated ") + integration_line(result))
 
@@ -231,6 +272,51 @@ def integrations_enable(args: argparse.Namespace, client: AdminClient) -> None:
 def integrations_remove(args: argparse.Namespace, client: AdminClient) -> None:
     client.call("DELETE", f"/api/integrations/{_name(args.name)}")
     print(f"removed integration {args.name}")
+
+
+def _rule_value(operation: str, value: str | None) -> Any:
+    if operation in ("block", "remove"):
+        if value is not None:
+            raise CliError(f"{operation} takes no value")
+        return True
+    if value is None:
+        raise CliError(f"{operation} needs a value")
+    if operation == "max":
+        try:
+            return int(value)
+        except ValueError:
+            raise CliError("max needs a whole number") from None
+    return value  # text as given: "false" stays the text BBB reads
+
+
+def rules_command(args: argparse.Namespace, client: AdminClient) -> None:
+    """Show rules, or change one parameter's rule, or clear them all (global, or of one integration)."""
+    name = getattr(args, "name", None)
+    path = f"/api/integrations/{_name(name)}/rules" if name else "/api/rules"
+    title = f"rules of {name}" if name else "global rules"
+    if args.clear or getattr(args, "reset", False):
+        if args.call:
+            raise CliError("--clear and --reset take no rule")
+        result = client.call("PUT", path, {}) if args.clear else client.call("DELETE", path)
+    elif args.call:
+        if args.call not in ("create", "join"):
+            raise CliError("rules are for create or join")
+        if not args.param or not args.operation:
+            raise CliError("give CALL PARAMETER OPERATION [VALUE], e.g. create duration max 120")
+        value = _rule_value(args.operation, args.value)
+        rule = None if args.operation == "remove" else {args.operation: value}
+        result = client.call("PATCH", path, {args.call: {args.param: rule}})
+    else:
+        result = client.call("GET", path)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print_rules(result["rules"], title)
+    if name:
+        if result.get("max_duration_minutes") is not None:
+            print(f"max_duration_minutes: {result['max_duration_minutes']} (a max rule on create duration)")
+        if result.get("effective") != result["rules"]:
+            print_rules(result.get("effective") or {}, "in force (with the global rules)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -257,6 +343,32 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _limit(minimum: int):  # type: ignore[no-untyped-def]
+    """A whole number of at least ``minimum``, or ``none`` to lift the limit."""
+    def parse(text: str) -> int | str:
+        if text.lower() == "none":
+            return "none"
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("must be a whole number or none") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}")
+        return value
+    return parse
+
+
+def _rules_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("call", nargs="?", help="create or join; without it, the rules are shown")
+    p.add_argument("param", nargs="?", help="the parameter, e.g. duration, record, disabledFeatures, meta_x")
+    p.add_argument("operation", nargs="?", choices=["default", "override", "block", "max", "append", "remove"],
+                   help="remove drops the parameter's rule")
+    p.add_argument("value", nargs="?", help="the value (none for block and remove)")
+    p.add_argument("--clear", action="store_true", help="remove every rule")
+    p.add_argument("--json", action="store_true", help="print the admin API's JSON")
+    p.set_defaults(action_handler=rules_command)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -316,6 +428,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         record.add_argument("--no-record", dest="record", action="store_const", const=False,
                             help="may not record meetings")
         p.add_argument("--max-meetings", type=int, help="concurrent meetings it may have (0: none)")
+        p.add_argument("--max-participants", type=_limit(0),
+                       help="participants its meetings may have together ('none': no limit)")
+        moderators = p.add_mutually_exclusive_group()
+        moderators.add_argument("--limit-moderators", dest="limit_moderators", action="store_const", const=True,
+                                default=None, help="moderators count against --max-participants (the default)")
+        moderators.add_argument("--no-limit-moderators", dest="limit_moderators", action="store_const",
+                                const=False, help="moderators may join past --max-participants")
+        p.add_argument("--max-duration-minutes", type=_limit(1),
+                       help="cap the duration of its meetings ('none': no cap)")
         if adding:
             p.add_argument("--disabled", dest="enabled", action="store_const", const=False, default=None,
                            help="add it disabled")
@@ -329,4 +450,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = actions.add_parser("remove", parents=[common], help="remove an integration (not the default one)")
     p.add_argument("name")
     p.set_defaults(action_handler=integrations_remove)
+    p = actions.add_parser("rules", parents=[common], help="show or change an integration's rules for create and "
+                           "join, e.g. 'rules moodle create duration max 120'")
+    p.add_argument("name")
+    _rules_arguments(p)
     integrations.set_defaults(handler=run)
+
+    rules = subparsers.add_parser("rules", parents=[common], help="show or change the global rules for create and "
+                                  "join (an integration's own rule for a parameter wins)")
+    _rules_arguments(rules)
+    rules.add_argument("--reset", action="store_true",
+                       help="forget the global rules set at run time: the config file's apply again")
+    rules.set_defaults(handler=run)

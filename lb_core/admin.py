@@ -182,6 +182,13 @@ class AdminServer:
             ("GET", "/api/integrations", self.list_integrations),
             ("PUT", "/api/integrations/{name}", self.put_integration),
             ("DELETE", "/api/integrations/{name}", self.remove_integration),
+            ("GET", "/api/integrations/{name}/rules", self.get_rules),
+            ("PUT", "/api/integrations/{name}/rules", self.put_rules),
+            ("PATCH", "/api/integrations/{name}/rules", self.patch_rules),
+            ("GET", "/api/rules", self.get_rules),
+            ("PUT", "/api/rules", self.put_rules),
+            ("PATCH", "/api/rules", self.patch_rules),
+            ("DELETE", "/api/rules", self.reset_rules),
         ]
         for method, path, handler in api:
             app.router.add_route(method, path, handler)
@@ -304,7 +311,9 @@ class AdminServer:
     async def dashboard_data(self, request: web.Request) -> web.Response:
         lb = self._lb()
         return json_response({"time": time.time(), "status": await with_nodes(lb),
-                              "servers": self._controls().list_servers(), "recent": self.metrics.recent_calls()})
+                              "servers": self._controls().list_servers(),
+                              "integrations": self._controls().list_integrations(),
+                              "recent": self.metrics.recent_calls()})
 
     async def list_servers(self, request: web.Request) -> web.Response:
         return json_response(self._controls().list_servers())
@@ -342,3 +351,22 @@ class AdminServer:
 
     async def remove_integration(self, request: web.Request) -> web.Response:
         return json_response(await self._controls().remove_integration(request.match_info["name"]))
+
+    # Rules: /api/rules are the global ones, /api/integrations/{name}/rules an integration's. The body is
+    # {create|join: {parameter: {operation: value}}}; PUT replaces them all, PATCH changes the parameters
+    # given (null removes a parameter's rule).
+
+    async def get_rules(self, request: web.Request) -> web.Response:
+        return json_response(self._controls().rules_of(request.match_info.get("name")))
+
+    async def put_rules(self, request: web.Request) -> web.Response:
+        body = _object(await request.read())
+        return json_response(await self._controls().change_rules(request.match_info.get("name"), body,
+                                                                 replace=True))
+
+    async def reset_rules(self, request: web.Request) -> web.Response:
+        return json_response(await self._controls().reset_global_rules())
+
+    async def patch_rules(self, request: web.Request) -> web.Response:
+        body = _object(await request.read())
+        return json_response(await self._controls().change_rules(request.match_info.get("name"), body))

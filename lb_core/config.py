@@ -30,6 +30,8 @@ from pydantic import (
     AfterValidator,
     BeforeValidator,
     Field,
+    PlainSerializer,
+    PlainValidator,
     PrivateAttr,
     ValidationInfo,
     field_validator,
@@ -62,12 +64,25 @@ from lb_core.config_types import (
     resolve_env,
     validate,
 )
+from lb_core.rules import EMPTY, Rule, RuleError, RuleSet, parse_rules
 
 __all__ = ["ConfigError", "KeyProblem", "Model", "Flag", "parse_request", "validate", "normalise_server_url",
            "DISABLE_STATES", "Config", "ServerConfig", "IntegrationConfig", "load", "parse"]
 
 DISABLE_STATES = {"enabled": 0, "disabled": 1, "auto": 3}
 DEFAULT_RETRY_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+def _rules(value: Any) -> RuleSet:
+    try:
+        return parse_rules(value)
+    except RuleError as exc:
+        raise KeyProblem(exc.key, exc.message) if exc.key else ValueError(exc.message) from None
+
+
+# ``rules:`` (top level and per integration): {create|join: {parameter: {operation: value}}}, see lb_core.rules.
+Rules = Annotated[RuleSet, PlainValidator(_rules), PlainSerializer(lambda rules: rules.to_doc())]
+
 
 # --- the models -----------------------------------------------------------------------------------------
 
@@ -98,10 +113,27 @@ class IntegrationConfig(Model):
     enabled: Flag = True
     can_record: Flag = True
     max_meetings: Count(0) | None = None
+    max_participants: Count(0) | None = None  # its meetings' participants, polled plus joins since
+    limit_moderators: Flag = True  # false: moderators join past max_participants
+    max_duration_minutes: Count(1) | None = None  # a max rule on create's duration
+    rules: Rules = EMPTY
 
     @cached_property
     def secrets(self) -> tuple[str, ...]:
         return tuple(s for s in (self.secret, self.previous_secret) if s)
+
+    @model_validator(mode="after")
+    def _one_duration_rule(self) -> IntegrationConfig:
+        if self.max_duration_minutes is not None and "duration" in self.rules.create:
+            raise KeyProblem("max_duration_minutes", "and rules.create.duration both set duration: keep one")
+        return self
+
+    @cached_property
+    def own_rules(self) -> RuleSet:
+        """Its rules with max_duration_minutes as the max rule on duration it stands for."""
+        if self.max_duration_minutes is None:
+            return self.rules
+        return self.rules.with_rule("create", Rule("duration", "max", self.max_duration_minutes))
 
 
 class ListenConfig(Model):
@@ -248,6 +280,7 @@ class Config(Model):
     callbacks: CallbacksConfig = CallbacksConfig()
     events: EventsConfig = EventsConfig()
     cache: CacheConfig = CacheConfig()
+    rules: Rules = EMPTY  # for every integration; an integration's rule for a parameter replaces these
     instance_id: Text | None = None  # sent as meta_mconflb-guid (default: generated once, stored)
     workers: Count(1) = 1  # processes serving listen.port (SO_REUSEPORT); above 1 needs store.backend: redis
     log_level: Literal["debug", "info", "warn", "error"] = "info"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -30,6 +31,8 @@ from lb_core.lifecycle import MeetingLifecycle
 from lb_core.meetings import MeetingRegistry
 from lb_core.pool import DisableState, Pool, Server
 from lb_core.query import encode_value
+from lb_core.rules import EMPTY as EMPTY_RULES
+from lb_core.rules import Policy, RuleError, parse_rules
 from lb_core.store import Store
 
 log = logging.getLogger("bbb_lb")
@@ -105,13 +108,34 @@ class ServerOverrides:
             log.info("server %s drained: now disabled", server.name)
 
 
+META_TABLE = "meta"
+RULES_KEY = "rules"  # the global rules changed at run time, in META_TABLE
+
+
+async def load_global_rules(store: Store, policy: Policy) -> None:
+    """At start: global rules set at run time replace the config file's (until ``bbb-lb rules --reset``)."""
+    saved = await store.get(META_TABLE, RULES_KEY)
+    if saved is None:
+        return
+    try:
+        policy.set_global_rules(parse_rules(saved.get("rules")))
+    except RuleError as exc:
+        log.error("the global rules changed at run time are not loaded: %s", exc)
+        return
+    log.info("global rules: the ones set at run time (the config file's apply again after `bbb-lb rules --reset`)")
+
+
 class Controls:
     def __init__(self, config: Config, pool: Pool, meetings: MeetingRegistry, backend: BackendClient,
                  lifecycle: MeetingLifecycle, integrations: Integrations, overrides: ServerOverrides,
                  locator: GeoLocator | None, poll_soon: Callable[[], None],
-                 background: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+                 background: Callable[[Coroutine[Any, Any, None]], None], policy: Policy | None = None,
+                 store: Store | None = None) -> None:
         """``poll_soon``: the monitor's, so a new server is polled now; ``background``: runs a task owned
-        by the LB (stopped with it)."""
+        by the LB (stopped with it); ``policy``: the rules and participant counts the handlers consult;
+        ``store``: where global rules changed at run time are kept."""
+        self.policy = policy if policy is not None else Policy(config.rules)
+        self.store = store
         self.config = config
         self.pool = pool
         self.meetings = meetings
@@ -152,6 +176,7 @@ class Controls:
         self._server(name)
         forgotten = await self._forget_meetings_on(name)
         self.pool.remove(name)
+        self.policy.participants.forget_server(name)
         await self.overrides.save(name, removed=True)
         log.info("server %s removed (%d meetings forgotten)", name, forgotten)
         return {"name": name, "removed": True, "meetings_forgotten": forgotten}
@@ -212,8 +237,67 @@ class Controls:
     # --- integrations ------------------------------------------------------------------------------------
 
     def list_integrations(self) -> list[dict[str, Any]]:
+        """Every integration with its rights, limits, rules and usage (never its secrets)."""
+        meetings = Counter(record.integration for server in self.pool.names()
+                           for record in self.meetings.on_server(server))
+        policy = self.policy
         return [{"name": i.name, "enabled": i.enabled, "can_record": i.can_record, "max_meetings": i.max_meetings,
-                 "secrets": len(i.secrets), "meetings": self.meetings.count(i.name)} for i in self.integrations]
+                 "max_participants": i.max_participants, "limit_moderators": i.limit_moderators,
+                 "max_duration_minutes": i.max_duration_minutes, "rules": i.rules.to_doc(),
+                 "secrets": len(i.secrets), "meetings": meetings[i.name],
+                 "participants": policy.participants.count(i.name), "limit_hits": policy.hits_of(i.name)}
+                for i in self.integrations]
+
+    def _integration(self, name: str) -> IntegrationConfig:
+        found = self.integrations.get(name)
+        if found is None:
+            raise NotFound(f"no integration named {name!r}")
+        return found
+
+    def rules_of(self, name: str | None) -> dict[str, Any]:
+        """The rules of an integration (its own and those in force) or, for None, the global ones."""
+        if name is None:
+            return {"rules": self.policy.global_rules.to_doc()}
+        integration = self._integration(name)
+        return {"name": name, "rules": integration.rules.to_doc(),
+                "max_duration_minutes": integration.max_duration_minutes,
+                "effective": self.policy.rules_for(integration).to_doc()}
+
+    async def change_rules(self, name: str | None, changes: dict[str, Any], *, replace: bool = False) -> dict[str, Any]:
+        """Set rules (``{call: {param: {op: value} | null}}``, null removing one) of an integration or, for
+        None, the global ones; ``replace`` drops the rules not given."""
+        current = self.policy.global_rules if name is None else self._integration(name).rules
+        doc = EMPTY_RULES.to_doc() if replace else current.to_doc()
+        for call, params in changes.items():
+            if not isinstance(params, dict):
+                raise ControlError(f"rules.{call}: must be an object of parameter: {{operation: value}}")
+            merged = dict(doc.get(call, {}))
+            for param, rule in params.items():
+                if rule is None:
+                    merged.pop(param, None)
+                else:
+                    merged[param] = rule
+            doc[call] = merged
+        try:
+            rules = parse_rules(doc)
+        except RuleError as exc:
+            raise ControlError(f"rules.{exc}") from None
+        if name is not None:
+            await self.put_integration({"name": name, "rules": rules.to_doc()})
+            return self.rules_of(name)
+        if self.store is not None:
+            await self.store.put(META_TABLE, RULES_KEY, {"rules": rules.to_doc()})
+        self.policy.set_global_rules(rules)
+        log.info("global rules changed")
+        return self.rules_of(None)
+
+    async def reset_global_rules(self) -> dict[str, Any]:
+        """Forget the global rules set at run time: the config file's apply again."""
+        if self.store is not None:
+            await self.store.delete(META_TABLE, RULES_KEY)
+        self.policy.set_global_rules(self.config.rules)
+        log.info("global rules reset to the config file's")
+        return self.rules_of(None)
 
     async def put_integration(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Add an integration, or change one (secrets, rights, limit); ``default`` is the config's."""

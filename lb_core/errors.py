@@ -97,6 +97,10 @@ def permission_denied_meetings() -> ApiError:
     return ApiError("permissionDenied", "This application is not allowed to have any more concurrent meetings.")
 
 
+def permission_denied_participants() -> ApiError:
+    return ApiError("permissionDenied", "This application is not allowed to have any more participants.")
+
+
 def server_unavailable() -> ApiError:
     return ApiError("serverUnavailable", "The server that hosts this meeting is not available right now.")
 

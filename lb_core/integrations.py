@@ -6,12 +6,24 @@ with here, the admin API changes it here, and changes are persisted here so they
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
-from lb_core.config import IntegrationConfig
+from lb_core.config import ConfigError, IntegrationConfig, validate
 from lb_core.store import Store
 
 INTEGRATIONS_TABLE = "integrations"
+log = logging.getLogger("bbb_lb")
+
+
+def stored_integration(name: str, doc: dict[str, Any]) -> IntegrationConfig:
+    """An integration added or changed at run time, as saved (older saves lack the newer keys)."""
+    secrets = list(doc.get("secrets") or [""])
+    fields = {k: v for k, v in doc.items() if k not in ("secrets", "removed")}
+    return validate(IntegrationConfig, {"name": name, "secret": secrets[0],
+                                        "previous_secret": secrets[1] if len(secrets) > 1 else None, **fields},
+                    prefix=f"saved integration {name!r}: ")
 
 
 class Integrations:
@@ -51,21 +63,24 @@ class Integrations:
             return
         items = list(self._items)
         for name, doc in (await self.store.all(INTEGRATIONS_TABLE)).items():
+            if not doc.get("removed"):
+                try:
+                    integration = stored_integration(name, doc)
+                except ConfigError as exc:
+                    log.error("integration %s changed at run time is not loaded: its saved settings are "
+                              "invalid: %s", name, exc)
+                    continue
             items = [i for i in items if i.name != name]
             if not doc.get("removed"):
-                secrets = list(doc["secrets"])
-                items.append(IntegrationConfig(
-                    name=name, secret=secrets[0], previous_secret=secrets[1] if len(secrets) > 1 else None,
-                    enabled=doc.get("enabled", True), can_record=doc.get("can_record", True),
-                    max_meetings=doc.get("max_meetings")))
+                items.append(integration)
         self._replace(items)
 
     async def put(self, integration: IntegrationConfig) -> None:
         """Add or replace (by name) an integration, persisted."""
         if self.store is not None:
             await self.store.put(INTEGRATIONS_TABLE, integration.name, {
-                "secrets": list(integration.secrets), "enabled": integration.enabled,
-                "can_record": integration.can_record, "max_meetings": integration.max_meetings})
+                "secrets": list(integration.secrets),
+                **integration.model_dump(exclude={"name", "secret", "previous_secret"})})
         self._replace([i for i in self._items if i.name != integration.name] + [integration])
         if self.on_change is not None:
             await self.on_change("integrations", integration.name)

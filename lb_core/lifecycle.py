@@ -15,7 +15,7 @@ from lb_core import bbbxml
 from lb_core.api import Call
 from lb_core.backend import BackendClient, BackendError
 from lb_core.config import Config
-from lb_core.events import EventLog
+from lb_core.event_log import EventLog
 from lb_core.forwarding import is_success
 from lb_core.listings import ListingsCache
 from lb_core.lru import LruCache

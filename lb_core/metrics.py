@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from lb_core.handlers import CALLS
+from lb_core.rules import LIMIT_KINDS
 
 if TYPE_CHECKING:
     from lb_core.service import LoadBalancer
@@ -63,6 +64,19 @@ class LbCollector(Collector):
                                       labels=server),
             "poll_errors": CounterMetricFamily("bbb_lb_server_poll_errors_total", "Failed polls of the server.",
                                                labels=server),
+            "integration_meetings": GaugeMetricFamily(
+                "bbb_lb_integration_meetings", "Meetings of the integration the LB knows to run.",
+                labels=["integration"]),
+            "integration_participants": GaugeMetricFamily(
+                "bbb_lb_integration_participants", "Participants in the integration's meetings, as its "
+                "max_participants counts them: polled, plus joins since the poll and joins under way.",
+                labels=["integration"]),
+            "integration_limit": GaugeMetricFamily(
+                "bbb_lb_integration_limit", "The integration's limits that are set (kind: meetings, participants).",
+                labels=["integration", "kind"]),
+            "integration_limit_hits": CounterMetricFamily(
+                "bbb_lb_integration_limit_hits", "Calls refused by the integration's limits (kind: meetings, "
+                "participants, record).", labels=["integration", "kind"]),
             "lb_meetings": GaugeMetricFamily("bbb_lb_meetings", "Meetings the LB has placed and knows to run."),
             "store_write_seconds": CounterMetricFamily("bbb_lb_store_write_seconds_total",
                                                        "Time spent writing the store."),
@@ -92,6 +106,16 @@ class LbCollector(Collector):
                 families["participants"].add_metric(labels, server.participants)
                 families["load"].add_metric(labels, round(server.load(balancer, now), 3))
                 families["poll_errors"].add_metric(labels, server.poll_errors_total)
+            for integration in lb.controls.list_integrations() if lb.controls is not None else ():
+                labels = [integration["name"]]
+                families["integration_meetings"].add_metric(labels, integration["meetings"])
+                families["integration_participants"].add_metric(labels, integration["participants"])
+                for kind in ("meetings", "participants"):
+                    if (limit := integration[f"max_{kind}"]) is not None:
+                        families["integration_limit"].add_metric([*labels, kind], limit)
+                for kind in LIMIT_KINDS:
+                    families["integration_limit_hits"].add_metric([*labels, kind],
+                                                                  integration["limit_hits"].get(kind, 0))
             families["lb_meetings"].add_metric([], len(lb.meetings))
             families["meeting_events"].add_metric([], len(lb.events))
             stats = lb.store.stats()

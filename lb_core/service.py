@@ -16,9 +16,9 @@ from lb_core.backend import BackendClient
 from lb_core.callbacks import Callbacks
 from lb_core.cluster import Cluster, SharedPoller
 from lb_core.config import Config
-from lb_core.controls import Controls, ServerOverrides
+from lb_core.controls import Controls, ServerOverrides, load_global_rules
 from lb_core.deliveries import Deliveries
-from lb_core.events import EventLog
+from lb_core.event_log import EventLog
 from lb_core.forwarding import Forwarder
 from lb_core.gateway import Gateway
 from lb_core.geo import GeoLocator, fill_geoloc
@@ -30,8 +30,9 @@ from lb_core.meetings import MeetingRegistry
 from lb_core.monitor import Monitor
 from lb_core.outbound import OutboundClient, own_ports
 from lb_core.placement import Locate, Placer
-from lb_core.pool import Pool
+from lb_core.pool import Pool, Server
 from lb_core.recording_index import RecordingIndex
+from lb_core.rules import Policy
 from lb_core.store import Store, make_store
 from lb_core.store_redis import RedisStore
 from lb_core.verify import Verifier
@@ -51,7 +52,7 @@ class Api:
 
 def assemble(config: Config, pool: Pool, meetings: MeetingRegistry, events: EventLog, backend: BackendClient,
              integrations: Integrations, instance_id: str, *, locate: Locate | None = None,
-             store: Store | None = None, deliveries: Deliveries | None = None) -> Api:
+             store: Store | None = None, deliveries: Deliveries | None = None, policy: Policy | None = None) -> Api:
     """The gateway and its services, each built after what it needs (callbacks only with a store and
     ``deliveries``). ``LoadBalancer`` starts this; tests may build it over a scripted backend."""
     forwarder = Forwarder(config, pool, backend)
@@ -61,7 +62,8 @@ def assemble(config: Config, pool: Pool, meetings: MeetingRegistry, events: Even
     callbacks = (Callbacks(store, pool, config.public_url, lifecycle.meeting_ended, deliveries)
                  if store is not None and deliveries is not None else None)
     services = Services(config, pool, meetings, events, backend, forwarder, listings, recordings, lifecycle,
-                        Placer(config, pool, meetings, locate), callbacks, instance_id)
+                        Placer(config, pool, meetings, locate), callbacks, instance_id,
+                        policy if policy is not None else Policy(config.rules))
     return Api(Gateway(config, Verifier(config, integrations), services, callbacks), services)
 
 
@@ -76,6 +78,8 @@ class LoadBalancer:
         self.events = EventLog(store, config.record_events, config.events_retention_days)
         self.integrations = Integrations(config.integrations, store)
         self.overrides = ServerOverrides(store, self.pool, self.meetings)
+        self.policy = Policy(config.rules)  # the integrations' rules, participant counts, refusals by limit
+        self._poll_asked_at: dict[str, float] = {}  # server -> when the poll being taken in was asked
         self.controls: Controls | None = None  # the operators' changes, once the LB runs
         self.backend: BackendClient | None = None
         self.lifecycle: MeetingLifecycle | None = None
@@ -106,6 +110,7 @@ class LoadBalancer:
         await self.events.load()
         await self.overrides.apply()
         await self.integrations.load()
+        await load_global_rules(self.store, self.policy)
         backend = self.backend = BackendClient(config.backend_timeout_s, config.backend_connect_timeout_s,
                                                config.max_body_bytes)
         if config.geo.database:
@@ -114,7 +119,7 @@ class LoadBalancer:
                                      self.integrations, config.callback_retry_delays_s)
         api = assemble(config, self.pool, self.meetings, self.events, backend, self.integrations, self.instance_id,
                        locate=self.locator.locate if self.locator is not None else None,
-                       store=self.store, deliveries=self.deliveries)
+                       store=self.store, deliveries=self.deliveries, policy=self.policy)
         lifecycle = self.lifecycle = api.services.lifecycle
         self.callbacks, self.gateway = api.services.callbacks, api.gateway
         self.listings = api.services.listings
@@ -124,9 +129,10 @@ class LoadBalancer:
         if self.cluster is not None:
             self.deliveries.share(self.cluster)
         self.monitor = Monitor(config, self.pool, self.meetings, backend, lifecycle.forget,
-                               after_poll=self.overrides.after_poll, on_listing=api.services.listings.remember)
+                               after_poll=self._after_poll, on_listing=self._on_listing)
         self.controls = Controls(config, self.pool, self.meetings, backend, lifecycle, self.integrations,
-                                 self.overrides, self.locator, self.monitor.poll_soon, self._background)
+                                 self.overrides, self.locator, self.monitor.poll_soon, self._background,
+                                 policy=self.policy, store=self.store)
         if self.cluster is not None:
             self._share(self.cluster)
             if poll:
@@ -170,6 +176,18 @@ class LoadBalancer:
             await self.integrations.load()
             if self.lifecycle is not None:
                 self.lifecycle.running.clear()
+
+    def _on_listing(self, server: Server, root: Any, asked_at: float) -> object:
+        self._poll_asked_at[server.name] = asked_at
+        assert self.gateway is not None
+        return self.gateway.services.listings.remember(server, root, asked_at)
+
+    async def _after_poll(self, server: Server) -> None:
+        """A poll is in: its participant counts per integration, then the operators' after-poll work."""
+        asked_at = self._poll_asked_at.pop(server.name, None)
+        if asked_at is not None:
+            self.policy.polled(server, self.meetings.on_server(server.name), asked_at)
+        await self.overrides.after_poll(server)
 
     async def _instance_id(self) -> str:
         if self.config.instance_id:

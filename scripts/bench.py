@@ -715,8 +715,8 @@ async def seed_events(store: Path, count: int, days: int = 100) -> None:
 
     Creation times are spread over the last ``days`` days, as getMeetingEvents filters by day.
     """
-    from lb_core.events import EventLog
-    from lb_core.store import TinyDbStore
+    from lb_core.event_log import EventLog
+    from lb_core.store_tinydb import TinyDbStore
 
     db = TinyDbStore(str(store), event_flush_interval_s=3600)
     await db.open()

@@ -7,7 +7,7 @@ raising BBB's own error, so a handler reads as the rule it implements.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lxml import etree
@@ -17,7 +17,7 @@ from lb_core.api import Answer, Call
 from lb_core.backend import BackendClient
 from lb_core.calls import CallSpec
 from lb_core.config import Config
-from lb_core.events import EventLog
+from lb_core.event_log import EventLog
 from lb_core.forwarding import Forwarder
 from lb_core.lifecycle import MeetingLifecycle
 from lb_core.listings import ListingsCache
@@ -26,6 +26,7 @@ from lb_core.placement import Placer
 from lb_core.pool import Pool, Server
 from lb_core.query import RawQuery
 from lb_core.recording_index import RecordingIndex
+from lb_core.rules import Policy
 from lb_core.trace import Trace
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ class Services:
     placer: Placer
     callbacks: Callbacks | None
     instance_id: str
+    policy: Policy = field(default_factory=Policy)  # rules, participant counts, refusals by limit
 
 
 @dataclass(slots=True)

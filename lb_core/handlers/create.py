@@ -44,11 +44,12 @@ async def create(ctx: Context) -> Answer:
         raise errors.invalid_parameter("meetingID has the form of an internal meeting ID")
     if has_reserved_meta(call):
         raise errors.invalid_parameters()
+    ctx.call = call = services.policy.rewrite(call)  # the integration's rules (lb_core.rules)
     if services.callbacks is not None:
         await services.callbacks.check_create(call)
     integration = call.integration
     if call.param("record").lower() == "true" and not integration.can_record:
-        raise errors.permission_denied_record()
+        raise services.policy.refused(integration.name, "record", errors.permission_denied_record())
     meetings = services.meetings
     key = meeting_key(integration.name, meeting_id)
     while (pending := meetings.creation_in_progress(key)) is not None:
@@ -64,7 +65,7 @@ async def create(ctx: Context) -> Answer:
                 return await create_on(ctx, server, record)
         limit = integration.max_meetings
         if limit is not None and meetings.count(integration.name) + meetings.creating(integration.name) >= limit:
-            raise errors.permission_denied_meetings()
+            raise services.policy.refused(integration.name, "meetings", errors.permission_denied_meetings())
         meetings.begin_creation(key)
         created: MeetingRecord | None = None
         try:

@@ -17,18 +17,26 @@ from lb_core.handlers.context import Context
 
 @bbb_call("join", methods=GET_ONLY, route="redirect")
 async def join(ctx: Context) -> Answer:
-    call, trace, lifecycle = ctx.call, ctx.trace, ctx.services.lifecycle
+    trace, lifecycle, policy = ctx.trace, ctx.services.lifecycle, ctx.services.policy
     record = ctx.require_meeting()
     server = ctx.server_of(record)
     trace.server = server.name
+    ctx.call = call = policy.rewrite(ctx.call)  # the integration's rules (lb_core.rules)
     role = call.param("role").upper()
     password = call.param("password")
     is_moderator = bool(role == "MODERATOR" or (not role and password and password == record.moderator_pw))
+    place = policy.join_place(call.integration, is_moderator)  # max_participants, or permissionDenied
     if call.param("redirect").lower() == "false":
-        answer, root = await ctx.routed(server)
+        try:  # the place counts while the backend is asked, so concurrent joins cannot overshoot
+            answer, root = await ctx.routed(server)
+        finally:
+            place.release()
         if root is not None and is_success(root):
+            policy.participants.joined(record.integration, server.name, time.monotonic())
             lifecycle.joined(server, record, call, is_moderator)
         return answer
+    place.release()
+    policy.participants.joined(record.integration, server.name, time.monotonic())
     lifecycle.joined(server, record, call, is_moderator)
     location = ctx.services.backend.signed_url(server.config, "join", call.query.text)
     trace.route = trace.result = "redirect"

@@ -1,4 +1,4 @@
-// bbb-lb dashboard: polls /api/dashboard every 2 s and redraws two tables.
+// bbb-lb dashboard: polls /api/dashboard every 2 s and redraws its tables.
 // Everything from the API is put into the page as text (never as HTML): meeting IDs come from clients.
 "use strict";
 
@@ -55,6 +55,37 @@ function renderServers(servers) {
     tr.appendChild(cell(s.participants, "num participants"));
     tr.appendChild(cell(Number(s.load).toFixed(1), "num load"));
     tr.appendChild(cell(s.url, "url"));
+    tbody.appendChild(tr);
+  }
+}
+
+// "used / limit", marked when the limit is reached: the integration's next join or create is refused.
+function usage(used, limit, className) {
+  if (limit === null || limit === undefined) return cell(used, "num " + className);
+  const full = used >= limit;
+  return cell(`${used} / ${limit}`, `num ${className}${full ? " at-limit" : ""}`);
+}
+
+function renderIntegrations(integrations) {
+  const tbody = document.querySelector("#integrations tbody");
+  tbody.replaceChildren();
+  if (!integrations.length) emptyRow(tbody, 8, "no integrations");
+  for (const i of integrations) {
+    const tr = document.createElement("tr");
+    tr.dataset.integration = i.name;
+    if (!i.enabled) tr.className = "excluded";
+    tr.appendChild(cell(i.name, "name"));
+    tr.appendChild(cell(i.enabled ? "yes" : "no", "enabled"));
+    tr.appendChild(cell(i.can_record ? "yes" : "no", "record"));
+    tr.appendChild(usage(i.meetings, i.max_meetings, "meetings"));
+    const participants = usage(i.participants, i.max_participants, "participants");
+    if (i.max_participants !== null && !i.limit_moderators) participants.title = "moderators are not limited";
+    tr.appendChild(participants);
+    tr.appendChild(cell(i.max_duration_minutes === null ? "-" : i.max_duration_minutes, "num duration"));
+    const rules = i.rules || {};
+    tr.appendChild(cell(Object.values(rules).reduce((n, params) => n + Object.keys(params).length, 0), "num rules"));
+    const hits = Object.entries(i.limit_hits || {}).map(([kind, count]) => `${kind} ${count}`).join(", ");
+    tr.appendChild(cell(hits || "-", "hits"));
     tbody.appendChild(tr);
   }
 }
@@ -122,6 +153,7 @@ async function refresh() {
     renderSummary(data.status);
     renderNodes(data.status);
     renderServers(data.servers);
+    renderIntegrations(data.integrations || []);
     renderEvents(data.recent);
     document.getElementById("updated").textContent = "updated " + new Date(data.time * 1000).toLocaleTimeString();
     document.body.dataset.loaded = "true";

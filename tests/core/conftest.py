@@ -26,8 +26,9 @@ from lb_core import checksum
 from lb_core import config as lb_config
 from lb_core.api import Request
 from lb_core.service import LoadBalancer
-from lb_core.store import Store, TinyDbStore
+from lb_core.store import Store
 from lb_core.store_memory import MemoryStore
+from lb_core.store_tinydb import TinyDbStore
 from lb_core.trace import Handled
 from tests.conftest import REPO, HttpReply
 

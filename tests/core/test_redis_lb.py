@@ -16,8 +16,9 @@ import pytest
 
 from lb_core import config as lb_config
 from lb_core.migrate import MigrationError, copy_state
-from lb_core.store import Store, TinyDbStore
+from lb_core.store import Store
 from lb_core.store_redis import RedisStore
+from lb_core.store_tinydb import TinyDbStore
 from tests.conftest import RedisServer
 from tests.core.conftest import CoreLB, Sim, lb_config_for, until
 

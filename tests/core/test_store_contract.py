@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from lb_core.store import Store, StoreError, TinyDbStore
+from lb_core.store import Store, StoreError
 from lb_core.store_memory import MemoryStore
+from lb_core.store_tinydb import TinyDbStore
 
 MAKERS: dict[str, Callable[[Path], Store]] = {
     "tinydb": lambda tmp: TinyDbStore(str(tmp / "lb.json"), event_flush_interval_s=0.05),

@@ -265,7 +265,7 @@ def test_integrations_from_the_cli(admin_lb, sim):
     for secret in ("moodle-secret-1", "moodle-secret-2"):
         assert lb.call("isMeetingRunning", {"meetingID": "x"}, secret=secret).field("returncode") == "SUCCESS"
     listing = cli(lb, "integrations", "list").stdout
-    assert re.search(r"^moodle\s+yes\s+no\s+-\s+1\s+2$", listing, re.M), listing
+    assert re.search(r"^moodle\s+yes\s+no\s+1\s+0\s+-\s+0\s+record 1\s+2$", listing, re.M), listing
     assert "moodle-secret" not in listing
 
     lb.restart()

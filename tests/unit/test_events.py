@@ -2,8 +2,9 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from lb_core.events import EventLog, EventQuery, EventQueryError, parse_query
-from lb_core.store import TinyDbStore
+from lb_core.event_log import EventLog
+from lb_core.events import EventQuery, EventQueryError, parse_query
+from lb_core.store_tinydb import TinyDbStore
 
 
 def ms(day: str, hour: int = 12) -> int:

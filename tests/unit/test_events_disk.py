@@ -9,9 +9,10 @@ import random
 import time
 from datetime import UTC, date, datetime
 
-from lb_core.events import INDEX_TABLE, EventLog, EventQuery, MeetingEvent
+from lb_core.event_log import INDEX_TABLE, EventLog
+from lb_core.events import EventQuery, MeetingEvent
 from lb_core.meetings import MeetingRecord, MeetingRegistry
-from lb_core.store import TinyDbStore
+from lb_core.store_tinydb import TinyDbStore
 
 DAY = 86_400_000
 

@@ -11,7 +11,7 @@ import pytest
 from lb_core import bbbxml, config, lifecycle, recording_index
 from lb_core.api import Call
 from lb_core.backend import BackendError, BackendReply
-from lb_core.events import EventLog
+from lb_core.event_log import EventLog
 from lb_core.handlers import CALLS, allowed_methods
 from lb_core.handlers.context import Context, Services, is_internal_meeting_id
 from lb_core.integrations import Integrations
@@ -20,7 +20,7 @@ from lb_core.meetings import MeetingRecord, MeetingRegistry
 from lb_core.pool import Pool
 from lb_core.query import RawQuery
 from lb_core.service import assemble
-from lb_core.store import TinyDbStore
+from lb_core.store_tinydb import TinyDbStore
 from lb_core.trace import Trace
 from lb_core.verify import conflicting_param
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
 import prometheus_client
 import pytest
@@ -31,11 +32,13 @@ def answer(call: str, result: str, status: int = 200, **fields: str) -> Handled:
     return Handled(Answer(status, b"", {}), Trace(call=call, result=result, **fields))
 
 
-def fake_lb(pool: Pool, meetings: int = 0, events: int = 0, store: dict[str, float] | None = None) -> SimpleNamespace:
+def fake_lb(pool: Pool, meetings: int = 0, events: int = 0, store: dict[str, float] | None = None,
+            integrations: list[dict[str, Any]] | None = None) -> SimpleNamespace:
     """What the collector reads of a LoadBalancer, and nothing else."""
     return SimpleNamespace(config=SimpleNamespace(balancer=BalancerConfig()), pool=pool,
                            meetings=dict.fromkeys(range(meetings)), events=[None] * events,
-                           store=SimpleNamespace(stats=lambda: dict(store or {})))
+                           store=SimpleNamespace(stats=lambda: dict(store or {})),
+                           controls=SimpleNamespace(list_integrations=lambda: list(integrations or [])))
 
 
 def test_calls_are_counted_and_timed_by_call_and_result() -> None:
@@ -147,3 +150,17 @@ def test_each_lb_has_its_own_registry() -> None:
     assert samples(second) == {}
     global_text = prometheus_client.generate_latest(prometheus_client.REGISTRY).decode()
     assert "bbb_lb_" not in global_text
+
+
+def test_integration_usage_limits_and_refusals_are_read_at_scrape_time() -> None:
+    moodle = {"name": "moodle", "meetings": 2, "participants": 19, "max_meetings": None, "max_participants": 20,
+              "limit_hits": {"participants": 3}}
+    metrics = LbMetrics(lambda: fake_lb(Pool([]), integrations=[moodle]))
+    got = samples(metrics)
+    moodle_label = (("integration", "moodle"),)
+    assert got[("bbb_lb_integration_meetings", moodle_label)] == 2
+    assert got[("bbb_lb_integration_participants", moodle_label)] == 19
+    assert got[("bbb_lb_integration_limit", (*moodle_label, ("kind", "participants")))] == 20
+    assert ("bbb_lb_integration_limit", (*moodle_label, ("kind", "meetings"))) not in got  # no limit set
+    assert got[("bbb_lb_integration_limit_hits_total", (*moodle_label, ("kind", "participants")))] == 3
+    assert got[("bbb_lb_integration_limit_hits_total", (*moodle_label, ("kind", "record")))] == 0

@@ -4,7 +4,7 @@ import json
 from tinydb import TinyDB
 
 from lb_core.meetings import MeetingRecord, MeetingRegistry
-from lb_core.store import TinyDbStore
+from lb_core.store_tinydb import TinyDbStore
 
 
 def crash(store: TinyDbStore) -> None:

@@ -6,7 +6,8 @@ import pytest
 
 from lb_core import config
 from lb_core.config_types import redacted_url
-from lb_core.store import TinyDbStore, make_store
+from lb_core.store import make_store
+from lb_core.store_tinydb import TinyDbStore
 
 BASE = {"secret": "s"}
 

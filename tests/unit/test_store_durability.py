@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from lb_core import store as store_module
+from lb_core import durable_files as store_module
 from lb_core.meetings import MeetingRecord, MeetingRegistry
-from lb_core.store import StoreError, StoreLocked, TinyDbStore
+from lb_core.store import StoreError, StoreLocked
+from lb_core.store_tinydb import TinyDbStore
 
 
 def crash(store: TinyDbStore) -> None:
@@ -256,7 +257,7 @@ class ScriptedBackend:
 async def test_a_create_whose_meeting_cannot_be_stored_answers_internal_error(tmp_path, monkeypatch):
     from lb_core import bbbxml, checksum, config
     from lb_core.api import Request
-    from lb_core.events import EventLog
+    from lb_core.event_log import EventLog
     from lb_core.integrations import Integrations
     from lb_core.pool import Pool, Status
     from lb_core.service import assemble
