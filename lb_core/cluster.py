@@ -338,8 +338,9 @@ class SharedPoller:
     BEAT_S = 1.0
 
     def __init__(self, cluster: Cluster, monitor: Any, pool: Any, config: Any,
-                 status: Callable[[], dict[str, Any]]) -> None:
+                 status: Callable[[], dict[str, Any]], after_view: Callable[[Server], None] | None = None) -> None:
         self.cluster = cluster
+        self.after_view = after_view
         self.monitor = monitor
         self.pool = pool
         self.config = config
@@ -379,6 +380,8 @@ class SharedPoller:
             server = self.pool.get(name)
             if server is not None:
                 apply_view(server, server_view_doc, self.config.monitor, self.config.balancer)
+                if self.after_view is not None:
+                    self.after_view(server)
         self.views_applied += 1
 
     async def stop(self) -> None:

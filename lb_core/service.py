@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -136,7 +137,8 @@ class LoadBalancer:
         if self.cluster is not None:
             self._share(self.cluster)
             if poll:
-                self.shared_poller = SharedPoller(self.cluster, self.monitor, self.pool, config, self.status)
+                self.shared_poller = SharedPoller(self.cluster, self.monitor, self.pool, config, self.status,
+                                                  after_view=self._after_view)
                 self.shared_poller.start()
         if poll:
             self.monitor.start()
@@ -170,6 +172,9 @@ class LoadBalancer:
                 self.monitor.poll_soon()
         elif kind == "integrations":
             await self.integrations.load()
+        elif kind == "rules":
+            self.policy.set_global_rules(self.config.rules)
+            await load_global_rules(self.store, self.policy)
         elif kind == "all":
             await self.meetings.reload()
             await self.overrides.apply()
@@ -181,6 +186,10 @@ class LoadBalancer:
         self._poll_asked_at[server.name] = asked_at
         assert self.gateway is not None
         return self.gateway.services.listings.remember(server, root, asked_at)
+
+    def _after_view(self, server: Server) -> None:
+        """Another process polled ``server``: the participant counts per integration follow its view."""
+        self.policy.polled(server, self.meetings.on_server(server.name), time.monotonic())
 
     async def _after_poll(self, server: Server) -> None:
         """A poll is in: its participant counts per integration, then the operators' after-poll work."""

@@ -171,6 +171,10 @@ def test_the_admin_api_of_one_instance_acts_on_all(pair):
     admin(b, "/api/integrations/moodle", {"secret": "moodle-secret-1234"}, method="PUT")
     wait_for(lambda: "<returncode>SUCCESS</returncode>" in a.call("getMeetings", secret="moodle-secret-1234").text,
              5, what="a to accept the integration added on b")
+    before = admin(b, "/api/rules")
+    changed = admin(a, "/api/rules", {"create": {"duration": {"max": 120}}}, method="PUT")
+    assert changed != before
+    wait_for(lambda: admin(b, "/api/rules") == changed, 5, what="b to apply the global rules set on a")
 
 
 def test_metrics_name_the_instance(pair):
