@@ -100,6 +100,11 @@ class Sink:
 def clean(state: dict[str, Any], mask: bool) -> dict[str, Any]:
     """The state as saved: foreign metadata dropped, passwords masked when asked."""
     state["metadata"] = {k: v for k, v in state.get("metadata", {}).items() if k in SAVED_METADATA}
+    request = state.get("request")
+    if request and request.get("headers"):
+        # A recording upload's bearer token is a credential, whatever the masking mode.
+        request["headers"] = tuple((k, b"***") if k.lower() == b"authorization" else (k, v)
+                                   for k, v in request["headers"])
     if mask:
         mask_state(state)
     return state

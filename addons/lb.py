@@ -11,12 +11,14 @@ import time
 
 from mitmproxy import ctx, exceptions, http
 
-from addons.limits import BODY_LIMIT, answer_and_close
+from addons.limits import BODY_LIMIT, SPOOL, Spool, answer_and_close
+from lb_core import bbbxml, errors
 from lb_core import config as lb_config
-from lb_core import errors
 from lb_core.api import API_PREFIX, Answer, Request
 from lb_core.errors import ApiError, request_too_large
 from lb_core.handlers import CALLS, is_upload
+from lb_core.recording_http import UPLOAD_PATH
+from lb_core.recording_service import UploadRefused
 from lb_core.service import LoadBalancer
 from lb_core.store import Store
 from lb_core.trace import Handled, Trace
@@ -67,6 +69,9 @@ class BbbLoadBalancer:
             return
         limits = self.config.limits
         path, _, raw_query = flow.request.path.partition("?")
+        if path == UPLOAD_PATH:
+            self._recording_upload_headers(flow)
+            return
         call = path[len(API_PREFIX) + 1:].removesuffix(".xml") if path.startswith(API_PREFIX + "/") else ""
         headers = flow.request.headers
         upload = is_upload(call)
@@ -90,6 +95,34 @@ class BbbLoadBalancer:
             return
         # Checked again as the body streams in: a chunked body has no length to judge by here.
         flow.metadata[BODY_LIMIT] = limits.body_limit(upload)
+
+    def _recording_upload_headers(self, flow: http.HTTPFlow) -> None:
+        """A recording upload: the server's token and the size are judged from the head, and the body is
+        written to a spool file as it arrives (never held in memory), up to recordings.max_upload_bytes."""
+        recordings = self.lb.recordings if self.lb is not None else None
+        if recordings is None:  # not started yet: the gateway answers once the (small) body is in
+            flow.metadata[BODY_LIMIT] = self.config.limits.max_body_bytes if self.config is not None else 0
+            return
+        refusal: UploadRefused | None = None
+        try:
+            if flow.request.method != "POST":
+                raise UploadRefused(405, "unsupportedRequest", "Uploads are POSTed.")
+            recordings.authorize(flow.request.headers.get("authorization", ""))
+            length = flow.request.headers.get("content-length", "").strip()
+            if length.isdigit() and int(length) > recordings.settings.max_upload_bytes:
+                raise UploadRefused(413, "requestTooLarge", "The archive is larger than recordings.max_upload_bytes.")
+        except UploadRefused as exc:
+            refusal = exc
+        if refusal is not None:
+            handled = Handled(Answer.xml(bbbxml.failed(refusal.key, str(refusal)), refusal.status),
+                              Trace(call="recordingUpload", result=refusal.key))
+            response = http.Response.make(handled.answer.status, handled.answer.body, handled.answer.headers)
+            if answer_and_close(flow, response):
+                self.log_answer(flow, handled, 0.0)
+            else:
+                self.answer(flow, handled, 0.0)
+            return
+        flow.metadata[SPOOL] = Spool(str(recordings.new_spool_file()), recordings.settings.max_upload_bytes)
 
     def _unsigned_upload(self, flow: http.HTTPFlow, call: str, raw_query: str) -> ApiError | None:
         """A large upload is read only for a caller whose query checksum verifies: checked from the head alone.
@@ -119,6 +152,9 @@ class BbbLoadBalancer:
         except UnicodeDecodeError:  # raw bytes that are not UTF-8: nothing to route or verify
             self.answer(flow, refused(errors.invalid_parameter("the URL is not valid UTF-8")), started)
             return
+        spool: Spool | None = flow.metadata.get(SPOOL)
+        if spool is not None:
+            spool.close()
         request = Request(
             method=flow.request.method,
             path=path,
@@ -126,8 +162,15 @@ class BbbLoadBalancer:
             headers=flow.request.headers,  # case-insensitive already; copying it cost ~5% per request
             body=flow.request.get_content(strict=False) or b"",
             client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else "",
+            spool=spool.path if spool is not None else None,
         )
         self.answer(flow, await lb.gateway.handle(request), started)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        """A connection lost mid-upload (a truncated archive): its spool file goes, nothing is imported."""
+        spool: Spool | None = flow.metadata.pop(SPOOL, None)
+        if spool is not None:
+            spool.discard()
 
     def answer(self, flow: http.HTTPFlow, handled: Handled, started: float) -> None:
         answer = handled.answer

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,6 +91,43 @@ def answer_and_close(flow: http.HTTPFlow, response: http.Response) -> bool:
     return True
 
 
+UPLOAD_BODY_TIMEOUT_S = 3600.0
+SPOOL = "bbb_spool"  # flow.metadata: a recording upload's body goes to this Spool, not to memory
+
+
+class Spool:
+    """A request body written to a private file chunk by chunk; past ``limit`` it stops and says so."""
+
+    def __init__(self, path: str, limit: int) -> None:
+        self.path = path
+        self.limit = limit
+        self.size = 0
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+    def write(self, data: bytes) -> bool:
+        """False once the body is past the limit (the file is then removed)."""
+        if self._fd is None:
+            return False
+        self.size += len(data)
+        if self.size > self.limit:
+            self.discard()
+            return False
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+        return True
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def discard(self) -> None:
+        self.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
 _body_guard_installed = False
 
 
@@ -115,6 +153,13 @@ def install_body_guard() -> bool:
                 yield http_layer.SendHttp(
                     http_layer.ResponseProtocolError(self.stream_id, "answered early", status_codes.NO_RESPONSE),
                     self.context.client)
+            return
+        spool = flow.metadata.get(SPOOL)
+        if spool is not None and isinstance(event, http_layer.RequestData):
+            if not spool.write(event.data) and not flow.metadata.get(DISCARD_BODY):
+                answer_and_close(flow, http.Response.make(413, bbbxml.failed(
+                    "requestTooLarge", "The archive is larger than recordings.max_upload_bytes."),
+                    dict(bbbxml.XML_HEADERS)))
             return
         limit = flow.metadata.get(BODY_LIMIT)
         if isinstance(event, http_layer.RequestData) and limit is not None and \
@@ -202,7 +247,12 @@ class ConnectionLimits:
                 400, protocol_error_response_body(400), {**bbbxml.XML_HEADERS}))
             return
         if _expects_body(flow.request):
-            watched.deadline = time.monotonic() + self.limits.request_body_timeout_s
+            # An authorised recording upload (its body spooled: the lb addon ran first and checked the
+            # server's token) may take long to arrive (GBs): an hour, however short the API calls' limit.
+            upload = flow.metadata.get(SPOOL) is not None
+            seconds = max(self.limits.request_body_timeout_s, UPLOAD_BODY_TIMEOUT_S) if upload else \
+                self.limits.request_body_timeout_s
+            watched.deadline = time.monotonic() + seconds
             watched.waiting_for = "the request body"
         else:
             watched.deadline = None

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,7 @@ from lb_core.controls import ControlError, Controls, NotFound
 from lb_core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from lb_core.metrics import LbMetrics
 from lb_core.pool import Status
+from lb_core.recording_service import Recordings
 from lb_core.service import LoadBalancer
 from lb_core.store import StoreError
 
@@ -182,6 +184,10 @@ class AdminServer:
             ("GET", "/api/integrations", self.list_integrations),
             ("PUT", "/api/integrations/{name}", self.put_integration),
             ("DELETE", "/api/integrations/{name}", self.remove_integration),
+            ("GET", "/api/recordings", self.list_recordings),
+            ("GET", "/api/recordings/{id}", self.show_recording),
+            ("POST", "/api/recordings/import", self.import_recording),
+            ("POST", "/api/recordings/{id}/{action:publish|unpublish|delete}", self.recording_action),
             ("GET", "/api/integrations/{name}/rules", self.get_rules),
             ("PUT", "/api/integrations/{name}/rules", self.put_rules),
             ("PATCH", "/api/integrations/{name}/rules", self.patch_rules),
@@ -313,7 +319,52 @@ class AdminServer:
         return json_response({"time": time.time(), "status": await with_nodes(lb),
                               "servers": self._controls().list_servers(),
                               "integrations": self._controls().list_integrations(),
-                              "recent": self.metrics.recent_calls()})
+                              "recent": self.metrics.recent_calls(),
+                              "recordings": lb.recordings.status() if lb.recordings is not None else None})
+
+    # --- recordings ---------------------------------------------------------------------------------------
+
+    def _recordings(self) -> Recordings:
+        recordings = self._lb().recordings
+        if recordings is None:
+            raise web.HTTPServiceUnavailable(reason="bbb-lb is not running")
+        return recordings
+
+    async def list_recordings(self, request: web.Request) -> web.Response:
+        q = request.query
+        limit = q.get("limit", "100")
+        if not limit.isdigit() or not 1 <= int(limit) <= 10_000:
+            raise BadRequest("limit: expected 1 to 10000")
+        return json_response(self._recordings().list_for_operator(
+            state=q.get("state", ""), integration=q.get("integration", ""), meeting_id=q.get("meeting", ""),
+            limit=int(limit)))
+
+    async def show_recording(self, request: web.Request) -> web.Response:
+        recordings = self._recordings()
+        doc = recordings.index.get(request.match_info["id"])
+        if doc is None:
+            raise NotFound(f"no recording {request.match_info['id']!r}")
+        return json_response(recordings.summary(doc))
+
+    async def recording_action(self, request: web.Request) -> web.Response:
+        try:
+            return json_response(await self._recordings().operator_action(request.match_info["id"],
+                                                                         request.match_info["action"]))
+        except KeyError:
+            raise NotFound(f"no recording {request.match_info['id']!r}") from None
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+
+    async def import_recording(self, request: web.Request) -> web.Response:
+        """Import an archive from a path the LB can read (a spool directory shared with the BBB servers)."""
+        body = _object(await request.read())
+        path = body.get("path")
+        if not isinstance(path, str) or not path or "\x00" in path:
+            raise BadRequest("path: expected the archive's path on the bbb-lb host")
+        if not os.path.isfile(path):
+            raise BadRequest(f"path: no such file {path!r} on the bbb-lb host")
+        server = body.get("server")
+        return json_response(await self._recordings().import_file(path, server if isinstance(server, str) else None))
 
     async def list_servers(self, request: web.Request) -> web.Response:
         return json_response(self._controls().list_servers())

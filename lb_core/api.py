@@ -26,6 +26,7 @@ class Request:
     headers: Mapping[str, str]
     body: bytes
     client_ip: str
+    spool: str | None = None  # a recording upload's body, written to this file as it arrived
 
     @property
     def content_type(self) -> str:

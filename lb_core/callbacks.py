@@ -62,6 +62,7 @@ class Callbacks:
         self.public_url = public_url.rstrip("/")
         self.meeting_ended = meeting_ended
         self.deliveries = deliveries
+        self.on_recording_ready: Callable[[str], None] | None = None  # a server has a new recording
 
     # --- on create ----------------------------------------------------------------------------------
 
@@ -103,6 +104,29 @@ class Callbacks:
             await self.store.put(CALLBACKS_TABLE, callback.token, {
                 "kind": callback.kind, "url": callback.url, "integration": record.integration,
                 "meeting_id": record.meeting_id, "server": record.server, "created": time.time(),
+            })
+
+    async def recording_imported(self, recording: dict[str, Any]) -> None:
+        """A recording imported into the LB's storage: its recording-ready callbacks fire now, once.
+
+        The meeting's metadata holds the LB's own callback URLs (the create was rewritten); each names
+        the integration's URL, which gets the JWT signed with the integration's secret.
+        """
+        prefix = f"{self.public_url}{CALLBACK_PREFIX}recording/"
+        for key in RECORDING_READY_KEYS:
+            url = recording.get("metadata", {}).get(key, "")
+            if not url.startswith(prefix):
+                continue
+            token = url[len(prefix):]
+            doc = await self.store.get(CALLBACKS_TABLE, token) if token and "/" not in token else None
+            if doc is None or doc.get("kind") != "recording" or doc.get("fired"):
+                continue
+            if doc.get("integration") != recording.get("integration"):
+                continue
+            await self.store.put(CALLBACKS_TABLE, token, {**doc, "fired": True})
+            await self.deliveries.later({
+                "method": "POST", "url": doc["url"], "integration": doc["integration"], "what": "recording-ready",
+                "payload": {"meeting_id": doc["meeting_id"], "record_id": recording["record_id"]},
             })
 
     # --- BBB calls the LB ----------------------------------------------------------------------------
@@ -156,6 +180,10 @@ class Callbacks:
             return (401, "invalidSignature", "The callback is not signed by the meeting's server.")
         if payload.get("meeting_id") != doc["meeting_id"]:
             return (401, "invalidSignature", "The callback is for another meeting.")
+        if self.on_recording_ready is not None:
+            self.on_recording_ready(doc["server"])  # the index learns of the recording now, not at the next sync
+        if doc.get("fired"):  # the LB fired it already, after importing the recording
+            return (200, "SUCCESS", "Callback received.")
         await self.deliveries.later({
             "method": "POST", "url": doc["url"], "integration": doc["integration"], "what": "recording-ready",
             "payload": {"meeting_id": doc["meeting_id"], "record_id": payload.get("record_id", "")},

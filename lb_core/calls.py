@@ -24,7 +24,7 @@ Handler = Callable[["Context"], Awaitable[Answer]]
 DEFAULT_METHODS = frozenset({"GET", "POST", "HEAD"})
 GET_ONLY = frozenset({"GET", "HEAD"})
 DEFAULT_CONTENT_TYPES = frozenset({FORM, "multipart/form-data"})
-ROUTES = ("placed", "redirect", "routed", "routed per ID", "merged", "local")
+ROUTES = ("placed", "redirect", "routed", "routed per ID", "merged", "local", "index")
 
 
 @dataclass(frozen=True, slots=True)

@@ -260,6 +260,31 @@ class CacheConfig(Model):
     get_meetings_s: Number = 2.0
 
 
+class RecordingServerConfig(Model):
+    """The Mconf-LB recording server each BBB server is told about (``meta_mconflb-rec-server*`` on creates)."""
+
+    id: Text
+    url: Url
+    key: Text = Field(repr=False)
+
+
+class RecordingsConfig(Model):
+    """The recordings index (always on: synced from the servers) and, with ``storage``, the recording server."""
+
+    storage: Text | None = None  # where imported recordings live (local or NFS); uploads are off without it
+    public_url: Annotated[Url, AfterValidator(lambda url: url.rstrip("/"))] | None = None  # default: <public_url>/recordings
+    server: RecordingServerConfig | None = None
+    retention_days: Number = 30.0  # deleted recordings stay listed for state=deleted this long; 0: forever
+    max_upload_bytes: Count(1024) = 4 * 1024 ** 3  # an archive, packed and unpacked
+    sync_interval_s: Seconds(0.05) = 30.0
+    spool: Text | None = None  # where uploads are written while they arrive (default: <storage>/.spool)
+
+    @field_validator("storage", "spool")
+    @classmethod
+    def _absolute(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return from_base(value, info) if value else None
+
+
 class Config(Model):
     """The whole file. Flat names (``max_body_bytes``, ``store_path``...) are the ones the code reads."""
 
@@ -281,6 +306,7 @@ class Config(Model):
     events: EventsConfig = EventsConfig()
     cache: CacheConfig = CacheConfig()
     rules: Rules = EMPTY  # for every integration; an integration's rule for a parameter replaces these
+    recordings: RecordingsConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     instance_id: Text | None = None  # sent as meta_mconflb-guid (default: generated once, stored)
     workers: Count(1) = 1  # processes serving listen.port (SO_REUSEPORT); above 1 needs store.backend: redis
     log_level: Literal["debug", "info", "warn", "error"] = "info"
@@ -427,6 +453,11 @@ class Config(Model):
     @cached_property
     def events_retention_days(self) -> float:
         return self.events.retention_days
+
+    @cached_property
+    def recordings_public_url(self) -> str:
+        """Where imported recordings are played back: ``recordings.public_url``, else under the LB's own URL."""
+        return self.recordings.public_url or f"{self.public_url}/recordings"
 
     @cached_property
     def running_cache_s(self) -> float:

@@ -126,5 +126,5 @@ def internal_error() -> ApiError:
 
 
 def store_unavailable() -> ApiError:
-    """The shared store (Redis) did not answer in time: nothing was changed that the caller was told of."""
+    """The store did not answer in time (Redis down or slow) or could not write: what the call changes was not recorded."""
     return ApiError("internalError", "The load balancer's state store is not available right now; try again shortly.")

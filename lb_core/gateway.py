@@ -16,6 +16,7 @@ from lb_core.config import Config
 from lb_core.errors import ApiError, ChecksumError
 from lb_core.handlers import CALLS
 from lb_core.handlers.context import Context, Services
+from lb_core.recording_http import RecordingDoors
 from lb_core.store import StoreError
 from lb_core.trace import Handled, Trace
 from lb_core.verify import Verifier
@@ -33,6 +34,7 @@ class Gateway:
         self.verifier = verifier
         self.services = services
         self.callbacks = callbacks
+        self.recording_doors: RecordingDoors | None = None  # uploads and playback, once recordings run
 
     async def handle(self, request: Request) -> Handled:
         trace = Trace()
@@ -57,6 +59,8 @@ class Gateway:
 
     async def _handle(self, request: Request, trace: Trace) -> Answer:
         path = request.path
+        if self.recording_doors is not None and self.recording_doors.handles(path):
+            return await self.recording_doors.handle(request, trace)
         if path.startswith(CALLBACK_PREFIX) and self.callbacks is not None:
             return await self.callbacks.handle(request, trace)
         if path in (API_PREFIX, API_PREFIX + "/"):

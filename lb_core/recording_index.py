@@ -1,28 +1,334 @@
-"""Where each recording is: recordID -> (server, owning integration), learned from creates and listings.
+"""The recordings index: every recording the LB knows, kept in the store, so recordings outlive their servers.
 
-Bounded (an LRU of ``RECORDINGS_CACHE_MAX``): a recording not in it is looked up on every server.
+Fed by the sync (each live server's getRecordings, ``recording_sync``) and by imports of shipped archives
+(``recording_archive``). The index is the truth: a change made through the LB (publish, delete, update)
+is kept as ``pending`` until the origin server has taken it, and a sync never overwrites it.
+
+Lookups never scan: recordings are held in memory by recordID, by (integration, meetingID) and by
+integration, so a getRecordings with a meetingID filter costs what it returns, not what is indexed.
+Works on any ``Store`` (TinyDB, memory, Redis).
 """
 
 from __future__ import annotations
 
+import heapq
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lxml import etree
+
+from lb_core import bbbxml
 from lb_core.lru import LruCache
 from lb_core.pool import Pool
+from lb_core.store import Store
 
-RECORDINGS_CACHE_MAX = 50_000
+log = logging.getLogger("bbb_lb.recordings")
+
+TABLE = "recordings"
+STATES = ("processing", "processed", "published", "unpublished", "deleted")
+DEFAULT_STATES = frozenset({"published", "unpublished"})  # bbb-web's, when no state is asked for
+INTERNAL_IDS_MAX = 50_000
+DAY_MS = 86_400_000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _int(text: str | None) -> int:
+    text = (text or "").strip()
+    return int(text) if text.isdigit() and len(text) < 19 else 0
+
+
+@dataclass(slots=True)
+class Query:
+    """getRecordings' filters, as bbb-web reads them."""
+
+    meeting_ids: list[str] = field(default_factory=list)
+    record_ids: list[str] = field(default_factory=list)
+    states: frozenset[str] = DEFAULT_STATES
+    meta: dict[str, str] = field(default_factory=dict)
+    offset: int = 0
+    limit: int | None = None
+
+    @classmethod
+    def parse_states(cls, raw: str) -> frozenset[str]:
+        """``state=a,b``: ``any`` means every state but deleted, which is listed only when asked for by name."""
+        asked = {s.strip().lower() for s in raw.split(",") if s.strip()}
+        if not asked:
+            return DEFAULT_STATES
+        states = {s for s in asked if s in STATES}
+        if "any" in asked:
+            states |= set(STATES) - {"deleted"}
+        return frozenset(states)
+
+
+def recording_from_xml(node: etree._Element) -> dict[str, Any] | None:
+    """A ``<recording>`` of a getRecordings answer as an index document (None without a recordID)."""
+    text = bbbxml.text_of
+    record_id = text(node, "recordID")
+    if not record_id:
+        return None
+    metadata = {child.tag.lower(): (child.text or "") for child in node.iterfind("metadata/*")
+                if isinstance(child.tag, str)}
+    playback = []
+    for fmt in node.iterfind("playback/format"):
+        images = [{"url": (img.text or "").strip(), "width": img.get("width", ""), "height": img.get("height", ""),
+                   "alt": img.get("alt", "")} for img in fmt.iterfind("preview/images/image")]
+        playback.append({"type": text(fmt, "type"), "url": text(fmt, "url"),
+                         "processing_time": _int(text(fmt, "processingTime")), "length": _int(text(fmt, "length")),
+                         "size": _int(text(fmt, "size")), "preview": images})
+    state = text(node, "state").lower() or ("published" if text(node, "published") == "true" else "unpublished")
+    return {
+        "record_id": record_id, "meeting_id": text(node, "meetingID"),
+        "internal_meeting_id": text(node, "internalMeetingID") or record_id, "name": text(node, "name"),
+        "is_breakout": text(node, "isBreakout") == "true", "state": state if state in STATES else "processed",
+        "published": text(node, "published") == "true", "start_time": _int(text(node, "startTime")),
+        "end_time": _int(text(node, "endTime")), "participants": _int(text(node, "participants")),
+        "raw_size": _int(text(node, "rawSize")), "size": _int(text(node, "size")),
+        "metadata": metadata, "playback": playback,
+        "integration": metadata.get("mconflb-institution") or "default",
+    }
+
+
+def recording_fields(doc: dict[str, Any], playback_base: str) -> list[tuple[str, Any]]:
+    """The ``<recording>`` children bbb-web answers, from an index document.
+
+    A format whose files the LB stores is played back from ``playback_base``; others keep the origin's URL.
+    """
+    metadata = [(k, v) for k, v in doc.get("metadata", {}).items() if bbbxml.is_tag_name(k)]
+    stored = set(doc.get("stored_formats") or ())
+    formats = []
+    for fmt in doc.get("playback", []):
+        url = fmt.get("url", "")
+        if fmt.get("type") in stored:
+            url = f"{playback_base}/{fmt['type']}/{doc['record_id']}/"
+        items: list[tuple[str, Any]] = [("type", fmt.get("type", "")), ("url", url),
+                                        ("processingTime", fmt.get("processing_time", 0)),
+                                        ("length", fmt.get("length", 0))]
+        if fmt.get("size"):
+            items.append(("size", fmt["size"]))
+        if fmt.get("preview"):
+            items.append(("preview", [("images", [("", bbbxml.Raw(_image(i))) for i in fmt["preview"]])]))
+        formats.append(("format", items))
+    fields: list[tuple[str, Any]] = [
+        ("recordID", doc["record_id"]), ("meetingID", doc.get("meeting_id", "")),
+        ("internalMeetingID", doc.get("internal_meeting_id", "")), ("name", doc.get("name", "")),
+        ("isBreakout", bool(doc.get("is_breakout"))), ("published", doc.get("state") == "published"),
+        ("state", doc.get("state", "")), ("startTime", doc.get("start_time", 0)),
+        ("endTime", doc.get("end_time", 0)), ("participants", doc.get("participants", 0)),
+    ]
+    if doc.get("raw_size"):
+        fields.append(("rawSize", doc["raw_size"]))
+    if doc.get("size"):
+        fields.append(("size", doc["size"]))
+    fields += [("metadata", metadata), ("playback", formats)]
+    return fields
+
+
+def _image(image: dict[str, str]) -> str:
+    attrs = "".join(f' {k}="{bbbxml.escape(image.get(k, ""))}"' for k in ("width", "height", "alt") if image.get(k))
+    return f"<image{attrs}>{bbbxml.escape(image.get('url', ''))}</image>"
 
 
 class RecordingIndex:
-    def __init__(self, pool: Pool, limit: int | None = None) -> None:
+    """recordID -> document, with per-integration and per-meeting keys; every change written to the store."""
+
+    def __init__(self, store: Store, pool: Pool, retention_days: float = 30.0) -> None:
+        self.store = store
         self.pool = pool
-        self._where: LruCache[str, tuple[str, str]] = LruCache(limit or RECORDINGS_CACHE_MAX)
+        self.retention_days = retention_days
+        self._docs: dict[str, dict[str, Any]] = {}
+        self._by_meeting: dict[tuple[str, str], set[str]] = {}
+        self._by_integration: dict[str, set[str]] = {}
+        self._counts: dict[str, int] = dict.fromkeys(STATES, 0)  # by state, kept as documents change
+        # internalMeetingID -> (server, integration), learned from creates: a recording's origin before any sync.
+        self._created: LruCache[str, tuple[str, str]] = LruCache(INTERNAL_IDS_MAX)
+        self.last_imports: list[dict[str, Any]] = []  # newest last, bounded: the dashboard's "last imports"
 
-    def learn(self, record_id: str, server: str, owner: str) -> None:
-        self._where[record_id] = (server, owner)
+    async def load(self) -> None:
+        for record_id, doc in (await self.store.all(TABLE)).items():
+            doc.setdefault("record_id", record_id)
+            self._keep(doc)
 
-    def server_for(self, record_id: str, owner: str) -> str | None:
-        """The server holding ``owner``'s recording, if known and still in the pool; never another's."""
-        server, holder = self._where.get(record_id, ("", "")) or ("", "")
-        return server if holder == owner and self.pool.get(server) is not None else None
+    # --- keys -------------------------------------------------------------------------------------
+
+    def _keep(self, doc: dict[str, Any]) -> None:
+        record_id = doc["record_id"]
+        old = self._docs.get(record_id)
+        if old is not None:
+            self._unkeep(old)
+        self._docs[record_id] = doc
+        state = doc.get("state", "processed")
+        self._counts[state] = self._counts.get(state, 0) + 1
+        owner = doc.get("integration", "default")
+        self._by_meeting.setdefault((owner, doc.get("meeting_id", "")), set()).add(record_id)
+        self._by_integration.setdefault(owner, set()).add(record_id)
+
+    def _unkeep(self, doc: dict[str, Any]) -> None:
+        owner, record_id = doc.get("integration", "default"), doc["record_id"]
+        state = doc.get("state", "processed")
+        self._counts[state] = self._counts.get(state, 0) - 1
+        key = (owner, doc.get("meeting_id", ""))
+        ids = self._by_meeting.get(key)
+        if ids is not None:
+            ids.discard(record_id)
+            if not ids:
+                del self._by_meeting[key]
+        ids = self._by_integration.get(owner)
+        if ids is not None:
+            ids.discard(record_id)
+
+    async def save(self, doc: dict[str, Any]) -> None:
+        doc["updated_at"] = now_ms()
+        await self.store.put(TABLE, doc["record_id"], doc)
+        self._keep(doc)
+
+    async def drop(self, record_id: str) -> None:
+        doc = self._docs.pop(record_id, None)
+        if doc is not None:
+            self._unkeep(doc)
+            await self.store.delete(TABLE, record_id)
+
+    # --- reads --------------------------------------------------------------------------------------
+
+    def get(self, record_id: str) -> dict[str, Any] | None:
+        return self._docs.get(record_id)
+
+    def owned(self, record_id: str, owner: str) -> dict[str, Any] | None:
+        doc = self._docs.get(record_id)
+        return doc if doc is not None and doc.get("integration") == owner else None
 
     def __len__(self) -> int:
-        return len(self._where)
+        return len(self._docs)
+
+    def documents(self) -> list[dict[str, Any]]:
+        return list(self._docs.values())
+
+    def counts(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    def query(self, owner: str, query: Query) -> tuple[list[dict[str, Any]], int]:
+        """``owner``'s recordings matching every filter, newest first, paged; and how many matched."""
+        if query.record_ids:
+            candidates: Iterable[str] = dict.fromkeys(query.record_ids)
+        elif query.meeting_ids:
+            candidates = {r for m in query.meeting_ids for r in self._by_meeting.get((owner, m), ())}
+        else:
+            candidates = self._by_integration.get(owner, ())
+        states, meta = query.states, query.meta
+        matched = []
+        for record_id in candidates:
+            doc = self._docs.get(record_id)
+            if doc is None or doc.get("integration") != owner or doc.get("state") not in states:
+                continue
+            if meta:
+                have = doc.get("metadata", {})
+                if any(have.get(k) != v for k, v in meta.items()):
+                    continue
+            matched.append(doc)
+        key = _newest_first
+        if query.limit is not None and query.offset + query.limit < len(matched):
+            ordered = heapq.nsmallest(query.offset + query.limit, matched, key=key)
+        else:
+            ordered = sorted(matched, key=key)
+        end = None if query.limit is None else query.offset + query.limit
+        return ordered[query.offset:end], len(matched)
+
+    # --- changes ------------------------------------------------------------------------------------
+
+    def learn(self, internal_id: str, server: str, owner: str) -> None:
+        """A meeting created through the LB: its recording will come from ``server`` and be ``owner``'s."""
+        self._created[internal_id] = (server, owner)
+
+    def created_on(self, internal_id: str) -> tuple[str, str] | None:
+        """(server, integration) of a meeting the LB created under this internal ID, if it still knows."""
+        return self._created.get(internal_id)
+
+    def server_for(self, record_id: str, owner: str) -> str | None:
+        """The live-pool server holding ``owner``'s recording (its origin), never another integration's."""
+        doc = self.owned(record_id, owner)
+        if doc is not None:
+            server = doc.get("server", "")
+        else:
+            server, holder = self._created.get(record_id, ("", "")) or ("", "")
+            if holder != owner:
+                return None
+        return server if server and self.pool.get(server) is not None else None
+
+    async def synced(self, server: str, node: etree._Element) -> dict[str, Any] | None:
+        """Upsert what a server's getRecordings says about one recording; the index's own changes win."""
+        found = recording_from_xml(node)
+        if found is None:
+            return None
+        created = self._created.get(found["internal_meeting_id"])
+        if created is not None and "mconflb-institution" not in found["metadata"]:
+            found["integration"] = created[1]
+        current = self._docs.get(found["record_id"])
+        if current is None:
+            doc = {**found, "server": server, "source": "sync", "stored_formats": [], "pending": {},
+                   "deleted_at": None}
+            await self.save(doc)
+            return doc
+        if current.get("integration") != found["integration"] or current.get("server") not in (server, "", None):
+            return current  # another server's or integration's copy under the same ID: never merged
+        if current.get("pending") or current.get("state") == "deleted":
+            return current  # the index's change waits to be pushed to the server
+        changed = {k: v for k, v in found.items()
+                   if k not in ("integration",) and current.get(k) != v
+                   and not (k in ("playback", "size") and current.get("stored_formats"))}
+        if changed or not current.get("server"):
+            await self.save({**current, **changed, "server": server})
+        return self._docs[found["record_id"]]
+
+    async def change(self, doc: dict[str, Any], *, state: str | None = None,
+                     meta: dict[str, str] | None = None, pushed: bool = False) -> dict[str, Any]:
+        """Publish, unpublish, delete or re-label; kept ``pending`` until the origin server has it too."""
+        doc = {**doc, "metadata": dict(doc.get("metadata", {})), "pending": dict(doc.get("pending") or {})}
+        if state is not None:
+            doc["state"] = state
+            doc["published"] = state == "published"
+            doc["deleted_at"] = now_ms() if state == "deleted" else None
+            if not pushed:
+                doc["pending"]["state"] = state
+        for key, value in (meta or {}).items():
+            if value:
+                doc["metadata"][key] = value
+            else:
+                doc["metadata"].pop(key, None)
+            if not pushed:
+                doc["pending"].setdefault("meta", {})[key] = value
+        await self.save(doc)
+        return doc
+
+    async def pushed(self, record_id: str, what: str) -> None:
+        """The origin has taken the pending ``what`` (``state`` or ``meta``)."""
+        doc = self._docs.get(record_id)
+        if doc is not None and doc.get("pending", {}).get(what) is not None:
+            pending = {k: v for k, v in doc["pending"].items() if k != what}
+            await self.save({**doc, "pending": pending})
+
+    def pending_on(self, server: str) -> list[dict[str, Any]]:
+        return [d for d in self._docs.values() if d.get("pending") and d.get("server") == server]
+
+    async def purge(self, now: int | None = None) -> list[dict[str, Any]]:
+        """Deleted recordings past ``retention_days`` leave the index; answers them (their files go too)."""
+        if self.retention_days <= 0:
+            return []
+        cutoff = (now or now_ms()) - int(self.retention_days * DAY_MS)
+        expired = [d for d in self._docs.values()
+                   if d.get("state") == "deleted" and (d.get("deleted_at") or 0) and d["deleted_at"] < cutoff]
+        for doc in expired:
+            await self.drop(doc["record_id"])
+        return expired
+
+    def note_import(self, entry: dict[str, Any]) -> None:
+        self.last_imports.append(entry)
+        del self.last_imports[:-20]
+
+
+def _newest_first(doc: dict[str, Any]) -> tuple[int, str]:
+    return (-int(doc.get("start_time") or 0), doc["record_id"])

@@ -32,9 +32,12 @@ from lb_core.monitor import Monitor
 from lb_core.outbound import OutboundClient, own_ports
 from lb_core.placement import Locate, Placer
 from lb_core.pool import Pool, Server
+from lb_core.recording_http import RecordingDoors
 from lb_core.recording_index import RecordingIndex
+from lb_core.recording_service import Recordings
 from lb_core.rules import Policy
 from lb_core.store import Store, make_store
+from lb_core.store_memory import MemoryStore
 from lb_core.store_redis import RedisStore
 from lb_core.verify import Verifier
 
@@ -55,17 +58,25 @@ def assemble(config: Config, pool: Pool, meetings: MeetingRegistry, events: Even
              integrations: Integrations, instance_id: str, *, locate: Locate | None = None,
              store: Store | None = None, deliveries: Deliveries | None = None, policy: Policy | None = None) -> Api:
     """The gateway and its services, each built after what it needs (callbacks only with a store and
-    ``deliveries``). ``LoadBalancer`` starts this; tests may build it over a scripted backend."""
+    ``deliveries``). ``LoadBalancer`` starts this (and loads the recordings index); tests may build it over
+    a scripted backend (their index then lives in memory)."""
     forwarder = Forwarder(config, pool, backend)
     listings = ListingsCache(config, pool, forwarder)
-    recordings = RecordingIndex(pool)
+    recordings = RecordingIndex(store if store is not None else MemoryStore(), pool, config.recordings.retention_days)
     lifecycle = MeetingLifecycle(config, pool, meetings, events, backend, listings, recordings)
     callbacks = (Callbacks(store, pool, config.public_url, lifecycle.meeting_ended, deliveries)
                  if store is not None and deliveries is not None else None)
     services = Services(config, pool, meetings, events, backend, forwarder, listings, recordings, lifecycle,
                         Placer(config, pool, meetings, locate), callbacks, instance_id,
                         policy if policy is not None else Policy(config.rules))
-    return Api(Gateway(config, Verifier(config, integrations), services, callbacks), services)
+    # Recordings that outlive their servers: sync, imports, changes; uploads and playback on the API port.
+    changes = services.recording_changes = Recordings(
+        config, pool, backend, recordings, callbacks.recording_imported if callbacks is not None else None)
+    if callbacks is not None:
+        callbacks.on_recording_ready = changes.sync_soon
+    gateway = Gateway(config, Verifier(config, integrations), services, callbacks)
+    gateway.recording_doors = RecordingDoors(changes, config.recordings_public_url)
+    return Api(gateway, services)
 
 
 class LoadBalancer:
@@ -85,6 +96,7 @@ class LoadBalancer:
         self.backend: BackendClient | None = None
         self.lifecycle: MeetingLifecycle | None = None
         self.gateway: Gateway | None = None
+        self.recordings: Recordings | None = None
         self.monitor: Monitor | None = None
         self.callbacks: Callbacks | None = None
         self.deliveries: Deliveries | None = None
@@ -123,6 +135,8 @@ class LoadBalancer:
                        store=self.store, deliveries=self.deliveries, policy=self.policy)
         lifecycle = self.lifecycle = api.services.lifecycle
         self.callbacks, self.gateway = api.services.callbacks, api.gateway
+        self.recordings = api.services.recording_changes
+        await api.services.recordings.load()
         self.listings = api.services.listings
         if self.cluster is not None:
             self.deliveries.cluster = self.cluster
@@ -135,13 +149,16 @@ class LoadBalancer:
                                  self.overrides, self.locator, self.monitor.poll_soon, self._background,
                                  policy=self.policy, store=self.store)
         if self.cluster is not None:
-            self._share(self.cluster)
+            cluster = self.cluster
+            self.recordings.leads = lambda: cluster.leader
+            self._share(cluster)
             if poll:
                 self.shared_poller = SharedPoller(self.cluster, self.monitor, self.pool, config, self.status,
                                                   after_view=self._after_view)
                 self.shared_poller.start()
         if poll:
             self.monitor.start()
+            self.recordings.start()
         self._background(fill_geoloc(self.locator, self.pool))
         log.info("bbb-lb %s started: %d servers, %d meetings known, %d meeting events",
                  self.instance_id, len(self.pool), len(self.meetings), len(self.events))
@@ -221,6 +238,8 @@ class LoadBalancer:
             self.locator.close()
         if self.monitor is not None:
             await self.monitor.stop()
+        if self.recordings is not None:
+            await self.recordings.stop()
         if self.deliveries is not None:
             await self.deliveries.close()
         if self.backend is not None:

@@ -17,7 +17,8 @@ reconnects by itself: when Redis is back, the next call works, without a restart
 
 Events are queued in memory (``append_events`` never blocks) and written by one task in batches
 as soon as the event loop is free, so another instance reads them a moment later; when Redis is
-away they stay queued (up to ``MAX_QUEUED_EVENTS``) and are written once it returns.
+away they stay queued (up to ``MAX_QUEUED_EVENTS``) and are written once it returns. A batch that
+may have been written before its reply was lost is written again and read back once.
 """
 
 from __future__ import annotations
@@ -251,7 +252,9 @@ class RedisStore(Store):
                 await self._write_events_locked()
             raw = await self._call(self.redis.lrange(name, 0, -1))
             queued = [d for d in self._pending_events if d.get("p") == partition]  # left by a failed write
-        return [json.loads(item) for item in raw] + queued
+        # A batch whose reply was lost (a timeout after Redis applied it) is written again: every event is
+        # a distinct document (joins carry their own key), so an identical line is that same event again.
+        return [json.loads(item) for item in dict.fromkeys(raw)] + queued
 
     async def event_partitions(self) -> list[str]:
         names = set(await self._call(self.redis.smembers(self.key("ep"))))

@@ -166,6 +166,9 @@ class ServerSpec:
     checksum_algorithms: tuple[str, ...] = ALL_ALGORITHMS
     config_xml: bool = True  # False imitates 2.4+, where getDefaultConfigXML/setConfigXML are gone
     recording_ready_delay: float = 0.2
+    # Where this server "publishes" its recordings as BBB does (<dir>/<format>/<recordID>/metadata.xml
+    # plus playback files); None: recordings exist only in the API.
+    published_dir: str | None = None
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -195,6 +198,7 @@ class ServerSpec:
             checksum_algorithms=tuple(data.get("checksum_algorithms") or ALL_ALGORITHMS),
             config_xml=bool(data.get("config_xml", True)),
             recording_ready_delay=0.2 if delay is None else float(delay),
+            published_dir=str(data["published_dir"]) if data.get("published_dir") else None,
         )
 
 
@@ -205,14 +209,17 @@ def specs_for(
     base_port: int = 9001,
     secret_prefix: str = "secret-",
     recording_ready_delay: float = 0.2,
+    published_dir: str | None = None,
 ) -> list[ServerSpec]:
-    """bbb1..bbbN on consecutive ports (base_port 0: every server on a free port)."""
+    """bbb1..bbbN on consecutive ports (base_port 0: every server on a free port); ``published_dir``: each
+    server publishes its recordings under ``<published_dir>/<name>``."""
     return [
         ServerSpec(
             name=f"bbb{i}",
             url=f"http://{host}:{base_port + i - 1 if base_port else 0}/bigbluebutton/",
             secret=f"{secret_prefix}{i}",
             recording_ready_delay=recording_ready_delay,
+            published_dir=str(Path(published_dir) / f"bbb{i}") if published_dir else None,
         )
         for i in range(1, count + 1)
     ]
@@ -396,6 +403,44 @@ class Recording:
                 ],
             ),
         ]
+
+
+PLAYBACK_VIDEO_BYTES = 256 * 1024
+
+
+def write_published(recording: Recording, root: Path) -> Path:
+    """Publish a recording as BBB does: ``<root>/presentation/<recordID>/`` with metadata.xml, a player
+    page, a webcam video (bytes that vary along the file, so ranges can be checked) and a thumbnail."""
+    folder = root / "presentation" / recording.record_id
+    (folder / "video").mkdir(parents=True, exist_ok=True)
+    (folder / "thumbnails").mkdir(exist_ok=True)
+    video = bytes((i * 7 + i // 251) % 256 for i in range(PLAYBACK_VIDEO_BYTES))
+    (folder / "video" / "webcams.webm").write_bytes(video)
+    (folder / "thumbnails" / "thumb-1.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    (folder / "index.html").write_text(
+        f"<!DOCTYPE html><html><body><h1>Playback of {html.escape(recording.record_id)}</h1></body></html>",
+        encoding="utf-8")
+    meta = "".join(f"<{k}>{html.escape(v, quote=False)}</{k}>" for k, v in recording.metadata.items()
+                   if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", k) and not k.lower().startswith("xml"))
+    esc = html.escape
+    duration = max(0, recording.end_time - recording.start_time)
+    size = PLAYBACK_VIDEO_BYTES + 72
+    (folder / "metadata.xml").write_text(
+        "<?xml version=\"1.0\"?>\n<recording>"
+        f"<id>{esc(recording.record_id)}</id><state>{esc(recording.state)}</state>"
+        f"<published>{'true' if recording.published else 'false'}</published>"
+        f"<start_time>{recording.start_time}</start_time><end_time>{recording.end_time}</end_time>"
+        f"<participants>{recording.participants}</participants><raw_size>{size * 3}</raw_size>"
+        f'<meeting id="{esc(recording.internal_meeting_id)}" externalId="{esc(recording.meeting_id)}" '
+        f'name="{esc(recording.name)}" breakout="{"true" if recording.is_breakout else "false"}"/>'
+        f"<meta>{meta}</meta>"
+        f"<playback><format>presentation</format><link>{esc(recording.playback_url)}</link>"
+        f"<processing_time>1234</processing_time><duration>{duration}</duration>"
+        f'<extensions><preview><images><image width="176" height="136" alt="Welcome">'
+        f"{esc(recording.playback_url)}/thumbnails/thumb-1.png</image></images></preview></extensions>"
+        f"<size>{size}</size></playback></recording>\n",
+        encoding="utf-8")
+    return folder
 
 
 @dataclass
@@ -650,6 +695,8 @@ class SimServer:
             metadata=metadata,
         )
         self.recordings[record_id] = recording
+        if self.spec.published_dir:
+            write_published(recording, Path(self.spec.published_dir))
         return recording
 
     async def end_meeting(self, meeting: Meeting) -> None:
@@ -679,6 +726,8 @@ class SimServer:
         )
         recording.is_breakout = meeting.is_breakout
         recording.metadata["isBreakout"] = "true" if meeting.is_breakout else "false"
+        if self.spec.published_dir:
+            write_published(recording, Path(self.spec.published_dir))
         ready_url = meeting.metadata.get("bbb-recording-ready-url")
         if ready_url:
             self.cluster.spawn(self._recording_ready(recording, ready_url))
@@ -1632,6 +1681,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--secret-prefix", default="secret-")
     parser.add_argument("--control-port", type=int, default=9000, help="0 picks a free port")
     parser.add_argument("--recording-delay", type=float, default=0.2, help="seconds before recording-ready")
+    parser.add_argument("--published-dir", help="publish recordings as BBB does, under DIR/<server name>/")
     parser.add_argument(
         "--log-level", default="WARNING", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
@@ -1652,6 +1702,7 @@ def _specs_from_args(args: argparse.Namespace) -> list[ServerSpec]:
         base_port=args.base_port,
         secret_prefix=args.secret_prefix,
         recording_ready_delay=args.recording_delay,
+        published_dir=args.published_dir,
     )
 
 

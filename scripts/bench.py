@@ -268,6 +268,7 @@ class Env:
         self.python = sys.executable
         self._run_children: list[Child] = []
         self._case_children: list[Child] = []
+        self.background: list[asyncio.Task[None]] = []  # a case's own load beside wrk, cancelled after it
         self._sims: dict[int, Sim] = {}
         self._redis: tuple[str, int] | None = None
         self._counter = itertools.count(1)
@@ -352,6 +353,9 @@ class Env:
         return await start_bbb_lb(self, sim, **kwargs)
 
     def end_case(self) -> None:
+        for task in self.background:
+            task.cancel()
+        self.background.clear()
         for child in reversed(self._case_children):
             child.stop()
         self._case_children.clear()
@@ -746,6 +750,66 @@ def event_query_paths(lb: BbbLb, days: int = 100) -> list[str]:
     return [lb.path("getMeetingEvents", q) for q in queries]
 
 
+def seed_recordings(store: Path, count: int, per_meeting: int = 5) -> None:
+    """Write ``count`` indexed recordings (``per_meeting`` per meetingID) straight into a TinyDB store file."""
+    now = int(time.time() * 1000)
+    table = {}
+    for i in range(count):
+        record_id = f"{i:040x}-{now - i}"
+        table[str(i + 1)] = {
+            "_key": record_id, "record_id": record_id, "meeting_id": f"room-{i // per_meeting}",
+            "internal_meeting_id": record_id, "integration": "default", "name": f"Room {i // per_meeting}",
+            "state": "published", "published": True, "start_time": now - i * 60_000, "end_time": now - i * 60_000 + 1,
+            "participants": 3, "metadata": {"mconflb-institution": "default", "bbb-origin": "Bench"},
+            "playback": [{"type": "presentation", "url": f"http://bbb1/playback/presentation/2.3/{record_id}",
+                          "processing_time": 1, "length": 1, "size": 0, "preview": []}],
+            "server": "bbb1", "source": "sync", "stored_formats": [], "pending": {}, "deleted_at": None,
+        }
+    store.write_text(json.dumps({"recordings": table}))
+
+
+def recording_archive(folder: Path, record_id: str, size: int) -> Path:
+    """A tar of one recording whose video is ``size`` incompressible bytes (written once, reused)."""
+    import tarfile
+
+    source = folder / "published" / "presentation" / record_id
+    (source / "video").mkdir(parents=True)
+    (source / "metadata.xml").write_text(
+        f"<recording><id>{record_id}</id><state>published</state><published>true</published>"
+        f"<start_time>1</start_time><end_time>2</end_time><meeting id='{record_id}' externalId='bench' name='b'/>"
+        f"<meta><mconflb-institution>default</mconflb-institution></meta><playback><format>presentation</format>"
+        f"<link>http://x/{record_id}</link></playback></recording>")
+    with open(source / "video" / "webcams.webm", "wb") as out:
+        for _ in range(size // (1 << 20)):
+            out.write(os.urandom(1 << 20))
+    archive = folder / f"{record_id}.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(source, arcname=f"presentation/{record_id}")
+    return archive
+
+
+async def upload_forever(url: str, archive: Path, server: SimServer, stop_after: float) -> None:
+    """POST the archive again and again (each import replaces the last) for ``stop_after`` seconds."""
+    import warnings
+
+    import jwt
+
+    warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)  # the simulator's short secrets
+    deadline = time.monotonic() + stop_after
+    uploads = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        while time.monotonic() < deadline:
+            token = jwt.encode({"sub": server.name, "exp": int(time.time()) + 300}, server.secret, algorithm="HS256")
+            with archive.open("rb") as body:
+                async with session.post(url + "/bigbluebutton/lb/recordings", data=body,
+                                        headers={"Authorization": f"Bearer {token}",
+                                                 "Content-Type": "application/x-tar"}) as response:
+                    answer = await response.text()
+                    uploads += 1
+                    if response.status != 200 or uploads == 1:
+                        print(f"  upload {uploads}: HTTP {response.status} {answer[:160]}", flush=True)
+
+
 def bbb_lb_cases(command: list[str] | None) -> list[Case]:
     """bbb-lb cases; empty when ``bbb-lb run --config`` does not work in this venv."""
     if not command:
@@ -794,6 +858,26 @@ def bbb_lb_cases(command: list[str] | None) -> list[Case]:
             return Target(lb.url, paths, pids=lb_pids(lb, sim))
         return setup
 
+    async def recordings_index(env: Env) -> Target:
+        sim = await env.sim(3, fresh=True)
+        store = env.new_dir("recordings-store") / "store.json"
+        started = time.monotonic()
+        seed_recordings(store, 100_000)
+        print(f"  seeded 100,000 indexed recordings in {time.monotonic() - started:.1f} s", flush=True)
+        lb = await start_bbb_lb(env, sim, store=store, timeout=180)
+        paths = [lb.path("getRecordings", [("meetingID", f"room-{i}")]) for i in range(0, 20_000, 7)]
+        return Target(lb.url, paths, pids=lb_pids(lb, sim), note="meetingID filter, 5 of 100k recordings each")
+
+    async def join_during_import(env: Env) -> Target:
+        folder = env.new_dir("recording-upload")
+        archive = recording_archive(folder, "f" * 40 + "-1700000000000", 100 * 1024 * 1024)
+        sim, lb, ids = await lb_with_meetings(env, 3, 1000, extra={"recordings": {"storage": str(folder / "storage")}})
+        task = asyncio.get_running_loop().create_task(
+            upload_forever(lb.url, archive, sim.servers[0], env.args.duration * len(CONCURRENCY) + 2))
+        env.background.append(task)
+        return Target(lb.url, join_paths(lb, ids), pids=lb_pids(lb, sim),
+                      note="100 MB archives uploaded and imported back to back during the run; compare p99 with lb-join")
+
     def growth(call: str, meetings: int, servers: int) -> Callable[[Env], Awaitable[Target]]:
         async def setup(env: Env) -> Target:
             sim, lb, ids = await lb_with_meetings(env, servers, meetings)
@@ -839,6 +923,10 @@ def bbb_lb_cases(command: list[str] | None) -> list[Case]:
              setup=get_meetings(50), baseline="lean-forward"),
         Case("lb-getMeetingEvents-100k", "getMeetingEvents pages and day filters over 100k events",
              setup=meeting_events(scan=False), baseline="lean-local"),
+        Case("lb-getRecordings-100k", "getRecordings with a meetingID filter over 100k indexed recordings",
+             setup=recordings_index, baseline="lean-local"),
+        Case("lb-join-during-import", "join redirect while 100 MB recording archives are imported",
+             setup=join_during_import, baseline="lb-join"),
         Case("lb-getMeetingEvents-100k-scan", "getMeetingEvents with a filter nothing matches (full scan)",
              setup=meeting_events(scan=True), baseline="lean-local"),
     ]

@@ -31,6 +31,7 @@ from lb_core.trace import Trace
 
 if TYPE_CHECKING:
     from lb_core.callbacks import Callbacks
+    from lb_core.recording_service import Recordings
 
 # bbb-web resolves a meetingID of this shape (sha1 hex, a dash, the creation time in ms) to the meeting with
 # that internal ID, whoever created it: such IDs are never created through the LB, nor routed.
@@ -71,6 +72,7 @@ class Services:
     callbacks: Callbacks | None
     instance_id: str
     policy: Policy = field(default_factory=Policy)  # rules, participant counts, refusals by limit
+    recording_changes: Recordings | None = None  # the index's sync, imports and changes
 
 
 @dataclass(slots=True)

@@ -116,6 +116,11 @@ def create_query(ctx: Context, server: Server) -> tuple[RawQuery, list[PendingCa
     query = query.appended("meta_mconflb-guid", services.instance_id)
     query = query.appended("meta_mconflb-institution", call.integration.name)
     query = query.appended("meta_mconflb-institution-name", call.integration.name)
+    rec_server = services.config.recordings.server
+    if rec_server is not None:  # the Mconf-LB's way of telling each BBB server where its recordings go
+        query = query.appended("meta_mconflb-rec-server", rec_server.id)
+        query = query.appended("meta_mconflb-rec-server-url", rec_server.url)
+        query = query.appended("meta_mconflb-rec-server-key", rec_server.key)
     if services.callbacks is None:
         return query, []
     return services.callbacks.rewrite_create(call, query)

@@ -1,6 +1,8 @@
-"""getMeetings and getRecordings: merged from every live server, each integration seeing only its own."""
+"""getMeetings (merged from every live server) and getRecordings (from the index); each integration sees its own."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from lxml import etree
 
@@ -10,6 +12,7 @@ from lb_core.calls import bbb_call
 from lb_core.config import IntegrationConfig
 from lb_core.handlers.context import Context
 from lb_core.listings import owner_of
+from lb_core.recording_index import Query, recording_fields
 
 
 def visible_to(node: etree._Element, integration: IntegrationConfig) -> bool:
@@ -29,33 +32,36 @@ async def get_meetings(ctx: Context) -> Answer:
     return ctx.success([("meetings", bbbxml.Raw("".join(parts)))])
 
 
-@bbb_call("getRecordings", route="merged")
+@bbb_call("getRecordings", route="index")
 async def get_recordings(ctx: Context) -> Answer:
+    """Answered from the recordings index: recordings of servers that are down or gone stay listed."""
     call = ctx.call
-    query = call.query.without("offset", "limit")
-    offset = _non_negative(call.param("offset"), "offset", 0) or 0
-    limit = _non_negative(call.param("limit"), "limit", None)
-    meta_filters = call.meta()
-    results = await ctx.services.forwarder.fan_out("getRecordings", query, ctx.trace)
-    found: list[tuple[str, etree._Element]] = []
-    for server, root in results:
-        for recording in root.iterfind("recordings/recording"):
-            if not visible_to(recording, call.integration):
-                continue
-            if any(recording.findtext(f"metadata/{k}") != v for k, v in meta_filters.items()
-                   if bbbxml.is_tag_name(k)):
-                continue
-            record_id = recording.findtext("recordID") or ""
-            if record_id:
-                ctx.services.recordings.learn(record_id, server.name, call.integration.name)
-            found.append((recording.findtext("startTime") or "0", recording))
-    found.sort(key=lambda item: int(item[0]) if item[0].isdigit() else 0)
-    selected = found[offset:] if limit is None else found[offset:offset + limit]
+    query = Query(
+        meeting_ids=_id_list(call.param("meetingID")),
+        record_ids=_id_list(call.param("recordID")),
+        states=Query.parse_states(call.param("state")),
+        meta={k.lower(): v for k, v in call.meta().items()},
+        offset=_non_negative(call.param("offset"), "offset", 0) or 0,
+        limit=_non_negative(call.param("limit"), "limit", None),
+    )
+    services = ctx.services
+    if query.record_ids:
+        # An ID the index does not know yet (processed since the last sync) is looked up on the live servers.
+        from lb_core.handlers.recordings import learn_unindexed
+        await learn_unindexed(ctx, query.record_ids)
+    selected, total = services.recordings.query(call.integration.name, query)
     if not selected:
         return ctx.success([("recordings", []), ("messageKey", "noRecordings"),
                             ("message", "There are no recordings for the meeting(s).")])
-    body = "".join(bbbxml.serialize(r) for _, r in selected)
-    return ctx.success([("recordings", bbbxml.Raw(body))])
+    base = services.config.recordings_public_url
+    fields: list[tuple[str, Any]] = [("recordings", [("recording", recording_fields(doc, base)) for doc in selected])]
+    if call.param("offset") or call.param("limit"):
+        fields.append(("totalElements", total))
+    return ctx.success(fields)
+
+
+def _id_list(raw: str) -> list[str]:
+    return [part for part in (p.strip() for p in raw.split(",")) if part][:1000]
 
 
 def _non_negative(value: str, name: str, default: int | None) -> int | None:

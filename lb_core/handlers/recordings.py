@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-
-from lxml import etree
+from typing import Any
 
 from lb_core import bbbxml, errors
 from lb_core.api import Answer
 from lb_core.calls import GET_ONLY, bbb_call
 from lb_core.errors import ApiError
-from lb_core.forwarding import is_success
 from lb_core.handlers.context import Context, has_reserved_meta
 from lb_core.handlers.listings import visible_to
 from lb_core.query import RawQuery, encode_value
@@ -36,31 +34,57 @@ async def locate_recordings(ctx: Context, record_ids: list[str]) -> dict[str, li
     return by_server
 
 
-@bbb_call("publishRecordings", "deleteRecordings", methods=GET_ONLY, route="routed per ID")
-@bbb_call("updateRecordings", route="routed per ID")
+@bbb_call("publishRecordings", "deleteRecordings", methods=GET_ONLY, route="index")
+@bbb_call("updateRecordings", route="index")
 async def recordings_action(ctx: Context) -> Answer:
+    """Changes the index (the truth) and the stored files; the origin server is told when it is alive."""
     call = ctx.call
     if call.name == "updateRecordings" and has_reserved_meta(call):
         raise errors.invalid_parameters()  # as on create: no recording is re-labelled as another's
     raw_ids = call.param("recordID")
     if not raw_ids:
         raise ApiError("missingParamRecordID", "You must specify one or more a record IDs.")
-    record_ids = [r for r in (s.strip() for s in raw_ids.split(",")) if r]
-    by_server = await locate_recordings(ctx, record_ids)
-    if len(by_server) == 1:
-        (server_name, _), = by_server.items()
-        answer, _ = await ctx.routed(ctx.server_named(server_name))
-        return answer
-    # IDs spread over servers: each server gets its own subset, re-signed for it.
-    answers: list[etree._Element] = []
-    for server_name, ids in by_server.items():
-        server = ctx.server_named(server_name)
-        answer, root = await ctx.routed(server, call.query.replaced("recordID", ",".join(ids)))
-        if root is None or not is_success(root):
-            return answer
-        answers.append(root)
-    ctx.trace.route = "merged"
-    return Answer(200, bbbxml.serialize(answers[-1]).encode(), dict(bbbxml.XML_HEADERS))
+    publish = call.param("publish")
+    if call.name == "publishRecordings" and not publish:
+        raise ApiError("missingParamPublish", "You must specify a publish value true or false.")
+    record_ids = list(dict.fromkeys(r for r in (s.strip() for s in raw_ids.split(",")) if r))[:1000]
+    docs = await indexed_recordings(ctx, record_ids)
+    changes = ctx.services.recording_changes
+    assert changes is not None
+    if call.name == "publishRecordings":
+        flag = publish.strip().lower() == "true"
+        await changes.change(docs, state="published" if flag else "unpublished")
+        return ctx.success([("published", flag)])
+    if call.name == "deleteRecordings":
+        await changes.change(docs, state="deleted")
+        return ctx.success([("deleted", True)])
+    meta = {k.lower(): v for k, v in call.meta().items() if bbbxml.is_tag_name(k.lower())}
+    await changes.change(docs, meta=meta)
+    return ctx.success([("updated", True)])
+
+
+async def learn_unindexed(ctx: Context, record_ids: list[str]) -> None:
+    """Recordings the index does not know by ID are asked of the live servers (bounded: 100 IDs per call)."""
+    index = ctx.services.recordings
+    missing = [r for r in record_ids if index.get(r) is None][:100]
+    if not missing:
+        return
+    query = RawQuery.parse("recordID=" + encode_value(",".join(missing)) + "&state=any")
+    for server, root in await ctx.services.forwarder.fan_out("getRecordings", query, ctx.trace):
+        for node in root.iterfind("recordings/recording"):
+            if (node.findtext("recordID") or "") in missing:
+                await index.synced(server.name, node)
+
+
+async def indexed_recordings(ctx: Context, record_ids: list[str]) -> list[dict[str, Any]]:
+    """The caller's recordings by ID, not deleted; one not indexed yet is looked for on the live servers."""
+    index, owner = ctx.services.recordings, ctx.call.integration.name
+    await learn_unindexed(ctx, record_ids)
+    docs = [index.owned(r, owner) for r in record_ids]
+    found = [d for d in docs if d is not None and d.get("state") != "deleted"]
+    if len(found) != len(record_ids):
+        raise errors.recording_not_found()
+    return found
 
 
 @bbb_call("getRecordingTextTracks", json=True)

@@ -129,6 +129,29 @@ function renderNodes(status) {
   }
 }
 
+function renderRecordings(recordings) {
+  const counts = document.getElementById("recording-counts");
+  const tbody = document.querySelector("#imports tbody");
+  tbody.replaceChildren();
+  if (!recordings) {
+    counts.textContent = "";
+    return;
+  }
+  counts.textContent = `${recordings.total} recordings · ` +
+    Object.entries(recordings.counts).map(([state, n]) => `${n} ${state}`).join(" · ");
+  if (!recordings.last_imports.length) emptyRow(tbody, 6, "no imports yet");
+  for (const i of recordings.last_imports) {
+    const tr = document.createElement("tr");
+    tr.appendChild(cell(new Date(i.at * 1000).toLocaleTimeString(), "time"));
+    tr.appendChild(cell(i.file, "wrap"));
+    tr.appendChild(cell(i.server || "-", "server"));
+    tr.appendChild(cell(i.record_id || "-", "wrap"));
+    tr.appendChild(cell(i.result, "result " + (i.result === "refused" ? "result-error" : "result-ok")));
+    tr.appendChild(cell(i.reason || "", "wrap"));
+    tbody.appendChild(tr);
+  }
+}
+
 function renderSummary(status) {
   document.getElementById("summary").textContent =
     `${status.servers_up}/${status.servers} servers up, ${status.servers_usable} taking new meetings · ` +
@@ -155,6 +178,7 @@ async function refresh() {
     renderServers(data.servers);
     renderIntegrations(data.integrations || []);
     renderEvents(data.recent);
+    renderRecordings(data.recordings);
     document.getElementById("updated").textContent = "updated " + new Date(data.time * 1000).toLocaleTimeString();
     document.body.dataset.loaded = "true";
     showError("");

@@ -61,6 +61,18 @@ async def _count(store: RedisStore, partition: str, wanted: int) -> bool:
     return len(await store.read_events(partition)) >= wanted
 
 
+async def test_an_event_batch_written_twice_is_read_back_once(redis_server: RedisServer, redis_prefix: str,
+                                                               opened) -> None:
+    """A timeout can cut the reply of a batch Redis applied; the retry writes the same lines again."""
+    store = await open_store(opened, redis_server.url, redis_prefix)
+    events = [{"p": "00000001", "t": "join", "j": "a", "n": 1}, {"p": "00000001", "t": "join", "j": "b", "n": 1}]
+    for _ in range(2):
+        store.append_events(events)
+        await store.flush()
+    assert redis_server.client().llen(store.key("e", "00000001")) == 4
+    assert await store.read_events("00000001") == events
+
+
 async def test_put_if_absent_is_atomic_across_instances(redis_server: RedisServer, redis_prefix: str, opened) -> None:
     stores = [await open_store(opened, redis_server.url, redis_prefix) for _ in range(3)]
     results = await asyncio.gather(*(stores[i % 3].put_if_absent("meta", "instance", {"id": i}) for i in range(30)))

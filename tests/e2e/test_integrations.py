@@ -30,7 +30,7 @@ def lb(lb_factory):  # type: ignore[no-untyped-def]
     # The receivers below listen on 127.0.0.1: callbacks may reach it only because this allows it.
     return lb_factory(integrations=INTEGRATIONS, callbacks={"retry_delays_s": [0.2, 0.2, 0.3, 0.5, 1],
                                                             "allowed_networks": ["127.0.0.0/8"]},
-                      monitor={"interval_s": 30, "timeout_s": 1})
+                      monitor={"interval_s": 30, "timeout_s": 1}, recordings={"sync_interval_s": 0.2})
 
 
 def create(lb, meeting_id: str, secret: str | None = None, **params: str):  # type: ignore[no-untyped-def]
@@ -89,7 +89,7 @@ def test_every_listing_shows_only_the_integrations_own(lb, sim):
         root = lb.call("getRecordings", secret=secret).xml()
         return sorted(r.findtext("recordID") for r in root.iterfind("recordings/recording"))
 
-    assert recordings(None) == ["rec-d", "rec-old"]
+    wait_for(lambda: recordings(None) == ["rec-d", "rec-old"], what="the recordings index to sync")
     assert recordings("moodle-secret") == ["rec-m"]
     denied = lb.call("deleteRecordings", {"recordID": "rec-d"}, secret="moodle-secret")
     assert denied.field("messageKey") == "notFound"

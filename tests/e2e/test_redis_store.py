@@ -9,16 +9,19 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.conftest import LB, REPO, RedisServer, Simulator, free_port, http, wait_for
 from tests.e2e.test_start_failures import assert_one_line, config, run_lb
 
 TOKEN = "redis-admin-token-0123456789"
+REDIS_PASSWORD = "redis-pw-never-logged"
 STORE_TIMEOUT_S = 0.5
 
 
@@ -117,7 +120,16 @@ class LightLoad:
         return any(predicate(o) for o in list(self.outcomes) if o.at >= since)
 
 
-def test_a_redis_restart_under_load_fails_calls_promptly_and_everything_resumes(lb_factory, sim, own_redis):
+@pytest.fixture
+def redis_with_password(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis-pw", password=REDIS_PASSWORD).start()
+    yield server
+    server.stop()
+
+
+def test_a_redis_restart_under_load_fails_calls_promptly_and_everything_resumes(lb_factory, sim,
+                                                                                redis_with_password):
+    own_redis = redis_with_password
     lb = lb_factory(servers=[0, 1, 2], store=redis_store(own_redis))
     known = []
     for i in range(6):
@@ -152,7 +164,8 @@ def test_a_redis_restart_under_load_fails_calls_promptly_and_everything_resumes(
     for meeting in load.created:  # every create that was answered SUCCESS is still known and routable
         reply = lb.call("getMeetingInfo", {"meetingID": meeting, "password": "mp"})
         assert reply.field("returncode") == "SUCCESS", (meeting, reply.text)
-    assert "Traceback" not in lb.log()
+    assert "Traceback" not in lb.log() and REDIS_PASSWORD not in lb.log()
+    assert "redis://:***@127.0.0.1" in lb.log()  # the outage is logged, naming Redis without its password
 
 
 def test_a_slow_redis_makes_calls_fail_within_backend_timeout(lb_factory, own_redis):

@@ -105,20 +105,17 @@ async def make_parts(tmp_path: Path, backend: ScriptedBackend) -> Parts:
 
 
 def test_learned_recordings_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(recording_index, "RECORDINGS_CACHE_MAX", 10)
+    """What creates teach the index (internal meeting ID -> server, owner) is bounded; the index itself
+    lives in the store (tests/core/test_recordings_index.py)."""
+    monkeypatch.setattr(recording_index, "INTERNAL_IDS_MAX", 10)
     asyncio.run(_learned_recordings_are_bounded(tmp_path))
 
 
 async def _learned_recordings_are_bounded(tmp_path: Path) -> None:
-    backend = ScriptedBackend()
-    gw = await make_parts(tmp_path, backend)
-    recordings = [("recording", [("recordID", f"rec-{i}"), ("startTime", i),
-                                 ("metadata", [("mconflb-institution", "default")])]) for i in range(50)]
-    backend.answers["getRecordings"] = bbbxml.success([("recordings", recordings)])
-    call = Call("getRecordings", "GET", RawQuery.parse(""), [], None, "", gw.integrations["default"], "")
-    answer = await CALLS["getRecordings"].handler(gw.context(call))
-    assert answer.body.count(b"<recording>") == 50
-    assert len(gw.services.recordings) == 10
+    gw = await make_parts(tmp_path, ScriptedBackend())
+    for i in range(50):
+        gw.services.recordings.learn(f"internal-{i}", "bbb1", "default")
+    assert len(gw.services.recordings._created) == 10
 
 
 def _meeting_info(end_time: str, institution: str = "default") -> bytes:
