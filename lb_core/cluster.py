@@ -39,7 +39,8 @@ log = logging.getLogger("bbb_lb.cluster")
 LEASE_S = 5.0  # a dead poller is replaced within this
 HEARTBEAT_TTL_S = 10.0  # a process missing for this long leaves the dashboard
 CREATE_LOCK_S = 30.0  # longer than a create with failover takes; a dead holder frees it after this
-PLACED_WINDOW_S = 60.0  # a create no poll has seen counts in placement at most this long
+PLACED_WINDOW_S = 60.0
+STOP_S = 2.0  # the longest a stop waits for one of these tasks  # a create no poll has seen counts in placement at most this long
 
 # Renew the lease only if this process still holds it (never extend another's).
 _RENEW = """
@@ -74,6 +75,14 @@ redis.call('ZADD', KEYS[best], now, member)
 redis.call('PEXPIRE', KEYS[best], math.floor((now - since) * 1000) + 1000)
 return best
 """
+
+
+async def stop_task(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and give it ``STOP_S`` to end: a stop never hangs on a Redis client's cleanup."""
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=STOP_S)
+    if not done:
+        log.warning("%s did not stop within %.0f s; left behind", task.get_name(), STOP_S)
 
 
 def new_node_id() -> str:
@@ -288,7 +297,7 @@ class Cluster:
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await asyncio.wait_for(pubsub.aclose(), STOP_S)
 
     async def _changed(self, message: dict[str, Any]) -> None:
         try:
@@ -311,9 +320,7 @@ class Cluster:
 
     async def stop(self) -> None:
         if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            await stop_task(self._listener)
         await self.leave()
 
 
@@ -386,6 +393,4 @@ class SharedPoller:
 
     async def stop(self) -> None:
         if self._beat_task is not None:
-            self._beat_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._beat_task
+            await stop_task(self._beat_task)
