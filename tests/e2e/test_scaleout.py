@@ -34,9 +34,17 @@ def pair(tmp_path: Path, sim: Simulator, redis_server: RedisServer, redis_prefix
     sim.reset()
     lbs = [redis_lb(tmp_path, sim, redis_server, redis_prefix, name).start() for name in ("a", "b")]
     yield lbs
+    stuck = []
     for lb in lbs:
         if lb.process is not None:
-            lb.stop()
+            process = lb.process
+            try:
+                lb.stop()
+            except subprocess.TimeoutExpired:  # never leave it polling the session's simulator
+                process.kill()
+                process.wait(10)
+                stuck.append(lb.log()[-2000:])
+    assert not stuck, f"bbb-lb did not stop on SIGTERM: {stuck}"
 
 
 def admin(lb: LB, path: str, body: dict[str, Any] | None = None, method: str | None = None) -> Any:
