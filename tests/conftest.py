@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -351,6 +352,21 @@ class RedisServer:
             except redis.RedisError:
                 time.sleep(0.02)
         return False
+
+    def sleep_in_background(self, seconds: float) -> threading.Thread:
+        """``DEBUG SLEEP`` from another thread; returns once the server has stopped answering."""
+        sleeper = threading.Thread(target=lambda: self.client().execute_command("DEBUG", "SLEEP", str(seconds)))
+        sleeper.start()
+
+        def asleep() -> bool:
+            try:
+                self.client(timeout=0.05).ping()
+            except redis.TimeoutError:
+                return True
+            return False
+
+        wait_for(asleep, seconds, interval=0.01, what="redis-server to stop answering")
+        return sleeper
 
     def client(self, port: int | None = None, timeout: float = 5.0) -> redis.Redis:
         """A plain (blocking) client, for a test to look at or steer the server; it does not retry."""

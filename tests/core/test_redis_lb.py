@@ -7,7 +7,6 @@ Redis is a real redis-server.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -153,10 +152,8 @@ async def test_a_slow_redis_makes_calls_fail_within_the_store_timeout(
         tmp_path: Path, sim: Sim, own_redis: RedisServer) -> None:
     config = redis_config(tmp_path, sim, own_redis, "lb", timeout_s=0.3)
     lb = await started(config, lambda: RedisStore(own_redis.url, "lb", timeout_s=0.3))
-    sleeper = threading.Thread(target=lambda: own_redis.client().execute_command("DEBUG", "SLEEP", "2"))
+    sleeper = await asyncio.to_thread(own_redis.sleep_in_background, 2)
     try:
-        sleeper.start()
-        await asyncio.sleep(0.1)
         started_at = time.monotonic()
         reply = await lb.call("create", {"meetingID": "slow", "name": "slow"})
         took = time.monotonic() - started_at

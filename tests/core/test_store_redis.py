@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -125,10 +124,8 @@ async def test_unreachable_redis_is_a_clear_prompt_error(opened) -> None:
 async def test_a_slow_redis_fails_calls_within_the_timeout(own_redis: RedisServer, opened) -> None:
     store = await open_store(opened, own_redis.url, "p", timeout_s=0.3)
     await store.put("t", "k", {"v": 1})
-    sleeper = threading.Thread(target=lambda: own_redis.client().execute_command("DEBUG", "SLEEP", "2"))
-    sleeper.start()
+    sleeper = await asyncio.to_thread(own_redis.sleep_in_background, 2)  # Redis answers nobody now
     try:
-        await asyncio.sleep(0.1)  # the sleep has begun: Redis answers nobody
         started = time.monotonic()
         with pytest.raises(StoreUnavailable, match="timed out"):
             await store.get("t", "k")
@@ -159,7 +156,6 @@ async def test_a_restarted_redis_is_used_again_without_reopening_and_keeps_every
     assert time.monotonic() - started < 2
     assert await store.problem() is not None
     store.append_events([{"p": "00000001", "n": i} for i in range(5)])  # queued while Redis is away
-    await asyncio.sleep(0.1)
     assert store.stats()["events_queued"] == 5
     await asyncio.to_thread(own_redis.start)
     await until(lambda: _readable(store), what="the store answering again")

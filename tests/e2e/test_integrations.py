@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import http.server as http_server
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
@@ -228,5 +227,12 @@ def test_forged_callbacks_are_refused(lb, sim, receiver):
     assert reply.status == 401 and reply.field("returncode") == "FAILED"
     unknown = http(lb.url + "/bigbluebutton/lb/callback/recording/nope", method="POST", data=b"x=1")
     assert unknown.status == 404 and unknown.headers["Content-Type"] == "text/xml;charset=utf-8"
-    time.sleep(0.5)
-    assert receiver.calls == []
+    # A fence: a genuine callback for the same meeting arrives; the forged one, sent before it, never does.
+    server_secret = next(s["secret"] for s in sim.servers if s["name"] == server)
+    genuine = jwt.encode({"meeting_id": "cb-forge", "record_id": "genuine"}, server_secret, algorithm="HS256")
+    assert http(callback_url, method="POST", data=f"signed_parameters={genuine}".encode(),
+                headers={"Content-Type": "application/x-www-form-urlencoded"}).status == 200
+    wait_for(lambda: receiver.calls, 10, what="the genuine callback")
+    relayed = [jwt.decode(body["signed_parameters"], options={"verify_signature": False})
+               for _, _, body in receiver.calls]
+    assert [r["record_id"] for r in relayed] == ["genuine"]

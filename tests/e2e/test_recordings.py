@@ -114,7 +114,9 @@ def test_a_synced_recording_stays_listed_while_its_server_is_down(rec_lb: LB, pu
     wait_for(lambda: record_ids(lb, meetingID="seminar") == ["rec-sync-1"], what="the sync")
     publishing_sim.fault("bbb2", "refuse")
     try:
-        time.sleep(1.5)  # several sync rounds and polls with the server down
+        # Until the poller has seen bbb2 down (2 failed polls), the syncs ran with it unreachable too.
+        wait_for(lambda: lb.call("getServers").xml().findtext("servers/server[name='bbb2']/status") in ("3", "4"),
+                 what="bbb2 seen down")
         assert record_ids(lb, meetingID="seminar") == ["rec-sync-1"]
     finally:
         publishing_sim.fault("bbb2", "ok")

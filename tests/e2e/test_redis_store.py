@@ -173,10 +173,8 @@ def test_a_slow_redis_makes_calls_fail_within_backend_timeout(lb_factory, own_re
     store = {"backend": "redis", "url": own_redis.url, "prefix": "lb"}
     lb = lb_factory(servers=[0, 1], store=store, backend={"timeout_s": 0.5, "connect_timeout_s": 0.5})
     assert create(lb, "before").field("returncode") == "SUCCESS"
-    sleeper = threading.Thread(target=lambda: own_redis.client().execute_command("DEBUG", "SLEEP", "3"))
-    sleeper.start()
+    sleeper = own_redis.sleep_in_background(3)  # Redis answers nobody for 3 s
     try:
-        time.sleep(0.1)  # Redis is asleep: it answers nobody for 3 s
         started = time.monotonic()
         reply = create(lb, "during-sleep", timeout=10)
         took = time.monotonic() - started
