@@ -25,11 +25,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     from addons.runner import StartError
     from addons.runner import run as run_lb
+    from addons.workers import refusal, supervise
 
+    workers = args.workers if args.workers is not None else config.workers
     try:
+        if args.worker_index is None:
+            if (why := refusal(config, workers, web=args.web, save=bool(args.save))) is not None:
+                raise StartError(why)
+            if workers > 1:
+                return supervise(config, args.config, workers, ports_file=args.ports_file,
+                                 extra=["--mask-passwords"] if args.mask_passwords else [])
+        else:  # one worker of ``--workers``: the supervisor chose its ports and runs the simulators
+            config = config.for_worker(args.listen_port, args.admin_port)
         return run_lb(config, web=args.web, web_port=args.web_port, web_password=args.web_password,
                       save_file=args.save, save_max_mb=args.save_max_mb, save_keep=args.save_keep,
-                      mask_passwords=args.mask_passwords, ports_file=args.ports_file)
+                      mask_passwords=args.mask_passwords, ports_file=args.ports_file,
+                      worker=args.worker_index is not None)
     except StartError as exc:
         print(f"bbb-lb: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -55,6 +66,13 @@ def _count(text: str) -> int:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bbb-lb", description="A BigBlueButton load balancer built on mitmproxy.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ports-file", default="",
                      help='once listening, write the bound ports here as JSON: {"listen": N, "admin": N or null}'
                           " (for listen.port / admin.port 0)")
+    run.add_argument("--workers", type=_at_least_one, default=None,
+                     help="processes serving the listen port (SO_REUSEPORT); above 1 needs store.backend: redis "
+                          "(default: the config's workers, 1)")
+    for hidden in ("--worker-index", "--listen-port", "--admin-port"):  # set by the supervisor for its workers
+        run.add_argument(hidden, type=int, default=None, help=argparse.SUPPRESS)
     run.set_defaults(handler=cmd_run)
 
     check = commands.add_parser("check-config", help="validate the configuration and exit")

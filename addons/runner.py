@@ -170,7 +170,11 @@ def build_options(config: Config) -> options.Options:
 
 async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_password: str = "",
                 save_file: str = "", save_max_mb: float = 100.0, save_keep: int = 5, mask_passwords: bool = False,
-                extra_addons: list[object] | None = None, ports_file: str = "") -> None:
+                extra_addons: list[object] | None = None, ports_file: str = "", worker: bool = False) -> None:
+    if worker:  # one of several processes on one port
+        from addons.workers import share_listen_port
+
+        share_listen_port()
     if web:  # callbacks must never reach mitmweb's port either
         config = config.with_web_port(web_port)
     opts = build_options(config)
@@ -258,10 +262,12 @@ def _quiet_cancelled(loop: asyncio.AbstractEventLoop, context: dict[str, object]
 def run(config: Config, **kwargs: object) -> int:
     """Serve until stopped; a start that cannot succeed raises ``StartError`` (one line for the operator)."""
     logs.setup(config.log_level)
-    check_ports(config)
+    worker = bool(kwargs.get("worker"))
+    if not worker:  # a worker's port is held (SO_REUSEPORT) by its supervisor, which runs the simulators
+        check_ports(config)
     if kwargs.get("web"):
         check_port("127.0.0.1", int(kwargs.get("web_port", 8081)), "--web-port")  # type: ignore[call-overload]
-    simulator = start_simulators(config)
+    simulator = None if worker else start_simulators(config)
     try:
         asyncio.run(serve(config, **kwargs))  # type: ignore[arg-type]
     finally:

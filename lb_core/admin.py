@@ -33,6 +33,7 @@ from lb_core.pool import Status
 from lb_core.recording_service import Recordings
 from lb_core.series import Series
 from lb_core.service import LoadBalancer
+from lb_core.store import StoreError
 
 log = logging.getLogger("bbb_lb.admin")
 
@@ -81,6 +82,17 @@ def lb_status(lb: LoadBalancer) -> dict[str, Any]:
         "participants": sum(s.participants for s in servers),
         "integrations": len(lb.integrations),
     }
+
+
+async def with_nodes(lb: LoadBalancer) -> dict[str, Any]:
+    """``lb_status``, and with several processes on one Redis, every live one (its last heartbeat)."""
+    status = lb_status(lb)
+    if lb.cluster is not None:
+        try:
+            status["nodes"] = await lb.cluster.nodes()
+        except StoreError as exc:
+            status["nodes"], status["nodes_error"] = [], str(exc)
+    return status
 
 
 def health(lb: LoadBalancer | None) -> tuple[int, dict[str, Any]]:
@@ -323,11 +335,12 @@ class AdminServer:
     # --- /api/ (token checked by the guard) ------------------------------------------------------------
 
     async def status(self, request: web.Request) -> web.Response:
-        return json_response(lb_status(self._lb()))
+        return json_response(await with_nodes(self._lb()))
 
     async def dashboard_data(self, request: web.Request) -> web.Response:
         lb = self._lb()
-        return json_response({"time": time.time(), "status": lb_status(lb), "servers": self._controls().list_servers(),
+        return json_response({"time": time.time(), "status": await with_nodes(lb),
+                              "servers": self._controls().list_servers(),
                               "integrations": self._controls().list_integrations(),
                               "recent": self.metrics.recent_calls(),
                               "recordings": lb.recordings.status() if lb.recordings is not None else None})

@@ -26,6 +26,9 @@ class Placement:
         }
 
 
+LOWEST_LOAD = "lowest load per weight"
+
+
 def distance_km(a: tuple[float, float], b: tuple[float, float]) -> float:
     """Great-circle distance (haversine)."""
     lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))
@@ -86,7 +89,7 @@ def place(
     if not ranked:
         return Placement([], "no server can take a new meeting", scores)
 
-    reason = "lowest load per weight"
+    reason = LOWEST_LOAD
     if distances:
         reachable = [distances[s.name] for _, _, _, s in ranked if s.name in distances]
         if reachable:

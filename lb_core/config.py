@@ -313,6 +313,7 @@ class Config(Model):
     rules: Rules = EMPTY  # for every integration; an integration's rule for a parameter replaces these
     recordings: RecordingsConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     instance_id: Text | None = None  # sent as meta_mconflb-guid (default: generated once, stored)
+    workers: Count(1) = 1  # processes serving listen.port (SO_REUSEPORT); above 1 needs store.backend: redis
     log_level: Literal["debug", "info", "warn", "error"] = "info"
 
     _source: str = PrivateAttr("config.yaml")
@@ -394,6 +395,13 @@ class Config(Model):
         if self.public_url == f"http://{self.listen.host}:{self.listen.port}":
             update["public_url"] = f"http://{self.listen.host}:{port}"
         return self._changed(update)
+
+    def for_worker(self, listen_port: int | None, admin_port: int | None) -> Config:
+        """The config of one ``--workers`` process: the listen port the supervisor holds, its own admin port."""
+        config = self.with_listen_port(listen_port) if listen_port is not None else self
+        if admin_port is not None and config.admin.port is not None:
+            config = config._changed({"admin": config.admin.model_copy(update={"port": admin_port})})
+        return config
 
     def _changed(self, update: dict[str, Any]) -> Config:
         """A copy with some fields replaced (already valid values), its cached flat names recomputed."""

@@ -64,6 +64,7 @@ class ServerOverrides:
         self.store = store
         self.pool = pool
         self.meetings = meetings
+        self.on_change: Callable[[str, str], Coroutine[Any, Any, None]] | None = None  # tells the other processes
 
     async def apply(self) -> None:
         """At start: servers added, removed, disabled or draining at run time are so again."""
@@ -95,6 +96,8 @@ class ServerOverrides:
             doc.update(config=server.config.model_dump(), disable_state=int(server.disable_state),
                        draining=server.draining)
         await self.store.put(SERVERS_TABLE, name, doc)
+        if self.on_change is not None:
+            await self.on_change("servers", name)
 
     async def after_poll(self, server: Server) -> None:
         """A draining server that has emptied is disabled: the drain is over."""
@@ -285,14 +288,21 @@ class Controls:
         if self.store is not None:
             await self.store.put(META_TABLE, RULES_KEY, {"rules": rules.to_doc()})
         self.policy.set_global_rules(rules)
+        await self._tell("rules")
         log.info("global rules changed")
         return self.rules_of(None)
+
+    async def _tell(self, kind: str) -> None:
+        """Other processes on the same store apply this change too (``ServerOverrides.on_change``)."""
+        if self.overrides.on_change is not None:
+            await self.overrides.on_change(kind, "")
 
     async def reset_global_rules(self) -> dict[str, Any]:
         """Forget the global rules set at run time: the config file's apply again."""
         if self.store is not None:
             await self.store.delete(META_TABLE, RULES_KEY)
         self.policy.set_global_rules(self.config.rules)
+        await self._tell("rules")
         log.info("global rules reset to the config file's")
         return self.rules_of(None)
 

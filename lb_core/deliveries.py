@@ -11,7 +11,7 @@ import contextlib
 import logging
 import secrets
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 
@@ -19,9 +19,15 @@ from lb_core.integrations import Integrations
 from lb_core.outbound import DeliveryFailed, OutboundClient, TargetRefused, describe_target
 from lb_core.store import Store, StoreError
 
+if TYPE_CHECKING:
+    from lb_core.cluster import Cluster
+
 log = logging.getLogger("bbb_lb.callbacks")
 
 DELIVERIES_TABLE = "deliveries"
+CLAIM = "delivery"  # {prefix}:delivery:{key}: the process delivering it
+CLAIM_S = 30.0  # a dead process's deliveries are taken over after this
+ADOPT_EVERY_S = 5.0
 RETRY_DELAYS_S = (1, 2, 5, 10, 30, 60, 120, 300, 600)
 GIVE_UP_STATUSES = {401, 404, 410}
 # bbb-web's recording-ready script (and Scalelite) sign HS256; a token is never trusted to choose.
@@ -54,23 +60,49 @@ class Deliveries:
         self._tasks: set[asyncio.Task[None]] = set()
         self.delivered_total = 0
         self.failed_total = 0
+        # Several processes on one Redis: each delivery is owned by one live process (a claim it renews),
+        # and a dead process's deliveries are adopted by another (``adopt_forever``).
+        self.cluster: Cluster | None = None
+        self._owned: set[str] = set()
+        self._adopter: asyncio.Task[None] | None = None
 
     async def later(self, delivery: dict[str, Any]) -> None:
         """Store the delivery, then try it in the background until it is done or given up."""
         key = secrets.token_hex(12)
         delivery = {**delivery, "attempts": 0}
+        if self.cluster is not None:
+            await self.cluster.own(CLAIM, key, CLAIM_S)
         await self.store.put(DELIVERIES_TABLE, key, delivery)
         self._spawn(key, delivery)
 
     def _spawn(self, key: str, delivery: dict[str, Any]) -> None:
+        self._owned.add(key)
         task = asyncio.create_task(self._deliver(key, delivery), name=f"callback-{key}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def resume(self) -> None:
-        """Deliveries stored before a restart are tried again."""
+        """Deliveries stored before a restart are tried again (shared: those no live process owns)."""
         for key, delivery in (await self.store.all(DELIVERIES_TABLE)).items():
-            self._spawn(key, delivery)
+            if key in self._owned:
+                continue
+            if self.cluster is None or await self.cluster.own(CLAIM, key, CLAIM_S):
+                self._spawn(key, delivery)
+
+    def share(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self._adopter = asyncio.create_task(self._adopt_forever(), name="bbb-lb-deliveries")
+
+    async def _adopt_forever(self) -> None:
+        """Renew this process's claims; adopt the deliveries of a process that died."""
+        assert self.cluster is not None
+        while True:
+            await asyncio.sleep(ADOPT_EVERY_S)
+            try:
+                await self.cluster.keep_owning(CLAIM, sorted(self._owned), CLAIM_S)
+                await self.resume()
+            except StoreError as exc:
+                log.warning("callback deliveries not checked: %s", exc)
 
     async def _deliver(self, key: str, delivery: dict[str, Any]) -> None:
         attempts = int(delivery.get("attempts", 0))
@@ -101,6 +133,9 @@ class Deliveries:
                             delivery["integration"], exc)
             await asyncio.sleep(self.retry_delays_s[attempts - 1])
         await self._forget(key)
+        self._owned.discard(key)
+        if self.cluster is not None:
+            await self.cluster.disown(CLAIM, key)
 
     async def _forget(self, key: str) -> None:
         """Delete a finished delivery; while the store is away, keep trying (else a restart sends it again)."""
@@ -128,6 +163,10 @@ class Deliveries:
             return None, str(exc)
 
     async def close(self) -> None:
+        if self._adopter is not None:
+            self._adopter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._adopter
         for task in list(self._tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -85,6 +85,10 @@ class Gateway:
         trace.checksum = "ok"
         trace.meeting_id = call.param("meetingID")
         call = self.verifier.verify_signed(call)
+        meetings = self.services.meetings
+        if meetings.cluster is not None and trace.meeting_id and name != "create":
+            # Several processes share the meetings: the one asked reads the store, not its own memory.
+            await meetings.refresh(call.integration.name, trace.meeting_id)
         return await spec.handler(Context(call, trace, spec, self.services))
 
     @staticmethod

@@ -7,7 +7,7 @@ with here, the admin API changes it here, and changes are persisted here so they
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from lb_core.config import ConfigError, IntegrationConfig, validate
@@ -30,6 +30,7 @@ class Integrations:
     def __init__(self, configured: list[IntegrationConfig] | tuple[IntegrationConfig, ...],
                  store: Store | None = None) -> None:
         self.store = store
+        self.on_change: Callable[[str, str], Awaitable[None]] | None = None  # tells the other processes
         self._items: list[IntegrationConfig] = []
         self._by_name: dict[str, IntegrationConfig] = {}
         # (secret, integration) for every accepted secret, in order: what a checksum is matched against.
@@ -81,8 +82,12 @@ class Integrations:
                 "secrets": list(integration.secrets),
                 **integration.model_dump(exclude={"name", "secret", "previous_secret"})})
         self._replace([i for i in self._items if i.name != integration.name] + [integration])
+        if self.on_change is not None:
+            await self.on_change("integrations", integration.name)
 
     async def remove(self, name: str) -> None:
         if self.store is not None:
             await self.store.put(INTEGRATIONS_TABLE, name, {"removed": True})
         self._replace([i for i in self._items if i.name != name])
+        if self.on_change is not None:
+            await self.on_change("integrations", name)

@@ -86,6 +86,8 @@ class MeetingLifecycle:
                 server.note_end(record.meeting_id)
             if record.event_id:
                 self.events.ended(record.event_id, ended_at or now_ms())
+            if self.meetings.cluster is not None and record.voice_bridge:
+                await self.meetings.cluster.release_voice_bridge(record.server, record.voice_bridge)
 
     async def meeting_ended(self, integration: str, meeting_id: str, server: str) -> bool:
         """An end callback names this meeting: forget it if, and only if, its server confirms it ended.

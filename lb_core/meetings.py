@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lb_core.store import Store
+
+if TYPE_CHECKING:
+    from lb_core.cluster import Cluster
 
 TABLE = "meetings"
 
@@ -65,6 +68,14 @@ class MeetingRegistry:
         # (server, backend meetingID) -> [lock, holders]: creates of one backend ID on one server, by
         # any integration, run one after the other; the entry lives only while someone holds or waits.
         self._backend_locks: dict[tuple[str, str], _SharedLock] = {}
+        # Several processes on one store (``share``): the store is the truth, read on every meeting call;
+        # this index follows it through change notices, and ``on_change`` sends them.
+        self.cluster: Cluster | None = None
+        self.on_change: Callable[[str], Awaitable[None]] | None = None
+
+    def share(self, cluster: Cluster, on_change: Callable[[str], Awaitable[None]]) -> None:
+        self.cluster = cluster
+        self.on_change = on_change
 
     async def load(self) -> None:
         for doc in (await self.store.all(TABLE)).values():
@@ -72,6 +83,39 @@ class MeetingRegistry:
                 self._index(MeetingRecord.from_doc(doc))
             except TypeError:
                 continue
+
+    async def reload(self) -> None:
+        """Index exactly what the store holds (after change notices may have been missed)."""
+        docs = await self.store.all(TABLE)
+        for key in [k for k in self._meetings if k not in docs]:
+            self._unindex(self._meetings[key])
+        for doc in docs.values():
+            with contextlib.suppress(TypeError):
+                self._index(MeetingRecord.from_doc(doc))
+
+    async def refresh(self, integration: str, meeting_id: str) -> MeetingRecord | None:
+        """The meeting as the shared store holds it now (another process may have created or ended it)."""
+        return await self.refresh_key(meeting_key(integration, meeting_id))
+
+    async def refresh_key(self, key: str) -> MeetingRecord | None:
+        doc = await self.store.get(TABLE, key)
+        record = None
+        if doc is not None:
+            with contextlib.suppress(TypeError):
+                record = MeetingRecord.from_doc(doc)
+        if record is None:
+            if (old := self._meetings.get(key)) is not None:
+                self._unindex(old)
+        elif self._meetings.get(key) != record:
+            self._index(record)
+        return record
+
+    def create_guard(self, key: str, wait_s: float) -> contextlib.AbstractAsyncContextManager[None]:
+        """Held while this meeting is created: across processes when shared (a Redis lock), else nothing
+        (one process orders its creates with ``begin_creation``)."""
+        if self.cluster is None:
+            return contextlib.nullcontext()
+        return self.cluster.create_lock(key, wait_s)
 
     def _index(self, record: MeetingRecord) -> None:
         old = self._meetings.get(record.key)
@@ -100,6 +144,9 @@ class MeetingRegistry:
             del bridges[record.voice_bridge]
             if not bridges:
                 del self._voice_bridges[record.server]
+
+    def by_key(self, key: str) -> MeetingRecord | None:
+        return self._meetings.get(key)
 
     def get(self, integration: str, meeting_id: str) -> MeetingRecord | None:
         return self._meetings.get(meeting_key(integration, meeting_id))
@@ -154,6 +201,8 @@ class MeetingRegistry:
                 if previous is not None:
                     self._index(previous)
             raise
+        if self.on_change is not None:
+            await self.on_change(record.key)
 
     async def forget(self, record: MeetingRecord) -> bool:
         current = self._meetings.get(record.key)
@@ -166,6 +215,8 @@ class MeetingRegistry:
             if record.key not in self._meetings:
                 self._index(current)  # still stored: still routable
             raise
+        if self.on_change is not None:
+            await self.on_change(record.key)
         return True
 
     # Two concurrent creates of one new meeting must end on one server: the first does the work,

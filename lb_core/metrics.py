@@ -137,6 +137,20 @@ class LbCollector(Collector):
         return iter(families.values())
 
 
+class Labelled:
+    """A registry's metrics with the same labels added to every sample (read at scrape time only)."""
+
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]) -> None:
+        self.registry = registry
+        self.labels = labels
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.registry.collect():
+            labelled = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+            labelled.samples = [s._replace(labels={**s.labels, **self.labels}) for s in metric.samples]
+            yield labelled
+
+
 class LbMetrics:
     """The load balancer's metrics in a registry of its own, and the last API calls for the dashboard."""
 
@@ -148,6 +162,7 @@ class LbMetrics:
                               "(or an HTTP error), by call.", ("call",), registry=self.registry)
         self.duration = Histogram("bbb_lb_request_duration_seconds", "Time from request to answer, by call.",
                                   ("call",), buckets=DURATION_BUCKETS, registry=self.registry)
+        self.get_lb = get_lb
         self.registry.register(LbCollector(get_lb))
         # The labelled children, looked up once: ``labels()`` validates and locks on every call.
         self._requests: dict[tuple[str, str], Any] = {}
@@ -196,5 +211,12 @@ class LbMetrics:
         return list(reversed(self.recent))
 
     def render(self) -> bytes:
-        """The Prometheus text format (``CONTENT_TYPE``), the LB's gauges read now."""
+        """The Prometheus text format (``CONTENT_TYPE``), the LB's gauges read now.
+
+        With several processes on one Redis each reports itself: every series carries its
+        ``instance_id`` (the node id the dashboard lists), so one scrape config covers them all."""
+        lb = self.get_lb()
+        cluster = getattr(lb, "cluster", None)
+        if cluster is not None:
+            return prometheus_client.generate_latest(Labelled(self.registry, {"instance_id": cluster.node_id}))
         return prometheus_client.generate_latest(self.registry)

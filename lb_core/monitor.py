@@ -69,6 +69,9 @@ class Monitor:
         self._task: asyncio.Task[None] | None = None
         self._semaphore = asyncio.Semaphore(config.monitor.concurrency)
         self._wake = asyncio.Event()
+        # What one round does: poll every server; several processes sharing the pool replace it
+        # (cluster.SharedPoller: one polls, the others read its view).
+        self.round: Callable[[], Awaitable[None]] = self.poll_all
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="bbb-lb-monitor")
@@ -87,7 +90,7 @@ class Monitor:
         while True:
             started = time.monotonic()
             try:
-                await self.poll_all()
+                await self.round()
             except Exception as exc:  # no traceback: its text could hold a signed URL
                 log.error("poll round failed: %s: %s", type(exc).__name__, redact(str(exc)))
             delay = max(0.0, self.config.monitor.interval_s - (time.monotonic() - started))

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from lb_core.api import Call
-from lb_core.balancer import Placement, place
+from lb_core.balancer import LOWEST_LOAD, Placement, place
 from lb_core.config import Config
 from lb_core.meetings import MeetingRegistry
 from lb_core.pool import Pool
@@ -39,6 +39,23 @@ class Placer:
             nearby_km=self.config.geo.nearby_km,
             exclude=others,
         )
+
+    async def place_shared(self, call: Call) -> Placement:
+        """``place``, and when several processes share the pool, the choice counts every process's creates
+        that no poll has seen yet, picked and counted in one atomic step (``Cluster.claim``)."""
+        placement = self.place(call)
+        cluster = self.meetings.cluster
+        if cluster is None or not placement.order:
+            return placement
+        balancer = self.config.balancer
+        # Only the servers equal to the first by preference and distance compete on load.
+        contenders = placement.order if placement.reason == LOWEST_LOAD else placement.order[:1]
+        chosen = await cluster.claim([(s, s.polled_load(balancer) / s.config.weight) for s in contenders],
+                                     call.param("meetingID"), balancer.meeting_cost + balancer.meeting_size)
+        if chosen is not placement.order[0]:
+            placement.order = [chosen, *(s for s in placement.order if s is not chosen)]
+            placement.reason += ", counting the creates of every bbb-lb process"
+        return placement
 
     def requester_location(self, call: Call) -> tuple[float, float] | None:
         if self.locate is None or not self.config.geo.prefer_nearby:

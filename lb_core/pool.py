@@ -138,6 +138,17 @@ class Server:
         unseen = balancer.meeting_size * count - rate * (count * now - self._unseen_created_sum)
         return self._seen_predicted + max(0.0, unseen)
 
+    def polled_load(self, balancer: BalancerConfig) -> float:
+        """The load as polls saw it, without the meetings created since (several processes count those
+        together: ``cluster.Cluster.claim``)."""
+        return (
+            len(self.meetings) * balancer.meeting_cost
+            + self.participants
+            + self.voice * balancer.voice_cost
+            + self.video * balancer.video_cost
+            + self._seen_predicted
+        )
+
     def load(self, balancer: BalancerConfig, now: float) -> float:
         """Load in participant units: meetings, people, their media, and what is expected."""
         return (

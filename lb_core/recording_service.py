@@ -18,6 +18,7 @@ import logging
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -64,6 +65,8 @@ class Recordings:
         self.last_sync: dict[str, dict[str, Any]] = {}
         self._worker: ProcessPoolExecutor | None = None  # started on the first import
         self._soon: set[asyncio.Task[int]] = set()
+        # Several processes on one Redis: only the poller (lease holder) reads the servers' recordings.
+        self.leads: Callable[[], bool] = lambda: True
 
     @property
     def storage(self) -> Path | None:
@@ -96,7 +99,8 @@ class Recordings:
     async def _sync_forever(self) -> None:
         while True:
             try:
-                await self.sync_all()
+                if self.leads():
+                    await self.sync_all()
             except Exception:  # one bad round must not end the sync
                 log.exception("recordings sync failed")
             await asyncio.sleep(self.settings.sync_interval_s)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 
 from lb_core.backend import BackendClient
 from lb_core.callbacks import Callbacks
+from lb_core.cluster import Cluster, SharedPoller
 from lb_core.config import Config
 from lb_core.controls import Controls, ServerOverrides, load_global_rules
 from lb_core.deliveries import Deliveries
@@ -36,6 +38,7 @@ from lb_core.recording_service import Recordings
 from lb_core.rules import Policy
 from lb_core.store import Store, make_store
 from lb_core.store_memory import MemoryStore
+from lb_core.store_redis import RedisStore
 from lb_core.verify import Verifier
 
 log = logging.getLogger("bbb_lb")
@@ -99,6 +102,10 @@ class LoadBalancer:
         self.deliveries: Deliveries | None = None
         self.instance_id = ""
         self.locator: GeoLocator | None = None
+        # Several processes on one Redis: this one's part (node id, poller lease, change notices).
+        self.cluster: Cluster | None = Cluster(store) if isinstance(store, RedisStore) else None
+        self.shared_poller: SharedPoller | None = None
+        self.listings: ListingsCache | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -130,12 +137,25 @@ class LoadBalancer:
         self.callbacks, self.gateway = api.services.callbacks, api.gateway
         self.recordings = api.services.recording_changes
         await api.services.recordings.load()
+        self.listings = api.services.listings
+        if self.cluster is not None:
+            self.deliveries.cluster = self.cluster
         await self.deliveries.resume()
+        if self.cluster is not None:
+            self.deliveries.share(self.cluster)
         self.monitor = Monitor(config, self.pool, self.meetings, backend, lifecycle.forget,
                                after_poll=self._after_poll, on_listing=self._on_listing)
         self.controls = Controls(config, self.pool, self.meetings, backend, lifecycle, self.integrations,
                                  self.overrides, self.locator, self.monitor.poll_soon, self._background,
                                  policy=self.policy, store=self.store)
+        if self.cluster is not None:
+            cluster = self.cluster
+            self.recordings.leads = lambda: cluster.leader
+            self._share(cluster)
+            if poll:
+                self.shared_poller = SharedPoller(self.cluster, self.monitor, self.pool, config, self.status,
+                                                  after_view=self._after_view)
+                self.shared_poller.start()
         if poll:
             self.monitor.start()
             self.recordings.start()
@@ -143,10 +163,50 @@ class LoadBalancer:
         log.info("bbb-lb %s started: %d servers, %d meetings known, %d meeting events",
                  self.instance_id, len(self.pool), len(self.meetings), len(self.events))
 
+    def _share(self, cluster: Cluster) -> None:
+        """Changes made here are told to every process; changes told by others are applied here."""
+        async def meeting_changed(key: str) -> None:
+            await cluster.publish("meeting", key)
+
+        self.meetings.share(cluster, meeting_changed)
+        self.overrides.on_change = self.integrations.on_change = cluster.publish
+        cluster.on_change = self._changed_elsewhere
+        cluster.listen()
+
+    async def _changed_elsewhere(self, kind: str, subject: str) -> None:
+        """A change notice (from any process, this one included): drop what is cached about it."""
+        if kind == "meeting":
+            before = self.meetings.by_key(subject)
+            record = await self.meetings.refresh_key(subject)
+            if self.lifecycle is not None:
+                self.lifecycle.running.pop(subject, None)
+            for server in {r.server for r in (before, record) if r is not None}:
+                if self.listings is not None:
+                    self.listings.forget(server)
+        elif kind == "servers":
+            await self.overrides.apply()
+            if self.monitor is not None:
+                self.monitor.poll_soon()
+        elif kind == "integrations":
+            await self.integrations.load()
+        elif kind == "rules":
+            self.policy.set_global_rules(self.config.rules)
+            await load_global_rules(self.store, self.policy)
+        elif kind == "all":
+            await self.meetings.reload()
+            await self.overrides.apply()
+            await self.integrations.load()
+            if self.lifecycle is not None:
+                self.lifecycle.running.clear()
+
     def _on_listing(self, server: Server, root: Any, asked_at: float) -> object:
         self._poll_asked_at[server.name] = asked_at
         assert self.gateway is not None
         return self.gateway.services.listings.remember(server, root, asked_at)
+
+    def _after_view(self, server: Server) -> None:
+        """Another process polled ``server``: the participant counts per integration follow its view."""
+        self.policy.polled(server, self.meetings.on_server(server.name), time.monotonic())
 
     async def _after_poll(self, server: Server) -> None:
         """A poll is in: its participant counts per integration, then the operators' after-poll work."""
@@ -167,6 +227,10 @@ class LoadBalancer:
         task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
+        if self.shared_poller is not None:
+            await self.shared_poller.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -190,4 +254,7 @@ class LoadBalancer:
             self.deliveries.outbound.policy.own_ports.add(port)
 
     def status(self) -> dict[str, Any]:
-        return {"instance": self.instance_id, "meetings": len(self.meetings), "events": len(self.events)}
+        status = {"instance": self.instance_id, "meetings": len(self.meetings), "events": len(self.events)}
+        if self.cluster is not None:
+            status.update(node=self.cluster.node_id, poller=self.cluster.leader)
+        return status

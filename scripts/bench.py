@@ -270,6 +270,7 @@ class Env:
         self._case_children: list[Child] = []
         self.background: list[asyncio.Task[None]] = []  # a case's own load beside wrk, cancelled after it
         self._sims: dict[int, Sim] = {}
+        self._redis: tuple[str, int] | None = None
         self._counter = itertools.count(1)
 
     def new_dir(self, prefix: str) -> Path:
@@ -324,6 +325,21 @@ class Env:
         if not fresh:
             self._sims[servers] = sim
         return sim
+
+    async def redis(self) -> tuple[str, int]:
+        """One redis-server for the run (append-only, fsync every second, as in production); each case
+        keeps apart through its own key prefix. Its URL and pid."""
+        if self._redis is None:
+            binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+            if not Path(binary).exists():
+                raise RuntimeError("no redis-server (apt-get install redis-server)")
+            port = free_port()
+            folder = self.new_dir("redis")
+            argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+                    "--appendfsync", "everysec", "--dir", str(folder), "--logfile", ""]
+            child = await self.spawn("redis", argv, ready_line="Ready to accept connections", shared=True)
+            self._redis = (f"redis://127.0.0.1:{port}/0", child.pid)
+        return self._redis
 
     async def lean(self, mode: str, upstream: str | None = None) -> Child:
         """A lean mitmproxy master (scripts/lean_baseline.py); its URL is in the ready line."""
@@ -892,6 +908,24 @@ def bbb_lb_cases(command: list[str] | None) -> list[Case]:
                           note="new meetings; state grows during the run" if call == "create" else "")
         return setup
 
+    def on_redis(call: str, workers: int) -> Callable[[Env], Awaitable[Target]]:
+        """The TinyDB cases' work on the Redis store, served by ``workers`` processes on one port."""
+        async def setup(env: Env) -> Target:
+            url, redis_pid = await env.redis()
+            prefix = f"bench-{call}-{workers}-{os.getpid()}-{time.monotonic_ns()}"
+            sim, lb, ids = await lb_with_meetings(env, 3, 1000, extra={
+                "store": {"backend": "redis", "url": url, "prefix": prefix}, "workers": workers})
+            paths = (join_paths(lb, ids) if call == "join" else new_meeting_paths(lb, env.args.duration)
+                     if call == "create" else per_meeting_paths(lb, call, ids))
+            note = f"Redis store, {workers} worker{'s' if workers > 1 else ''}; all share the same 2 cores"
+            pids = {**lb_pids(lb, sim), "redis": redis_pid}
+            if workers > 1:  # the supervisor idles: report each worker (its children)
+                del pids["bbb-lb"]
+                children = Path(f"/proc/{lb.child.pid}/task/{lb.child.pid}/children").read_text().split()
+                pids.update({f"worker{i}": int(pid) for i, pid in enumerate(children)})
+            return Target(lb.url, paths, pids=pids, note=note)
+        return setup
+
     cases = [
         Case("lb-join", "join redirect (answered locally), 1k meetings on 3 servers", setup=join,
              baseline="lean-local"),
@@ -920,6 +954,13 @@ def bbb_lb_cases(command: list[str] | None) -> list[Case]:
         Case("lb-getMeetingEvents-100k-scan", "getMeetingEvents with a filter nothing matches (full scan)",
              setup=meeting_events(scan=True), baseline="lean-local"),
     ]
+    # The Redis store (issue 12): one worker against TinyDB, two workers against one.
+    for call, tinydb in (("join", "lb-join"), ("isMeetingRunning", "lb-isMeetingRunning"), ("create", "lb-create")):
+        cases.append(Case(f"lb-redis-{call}", f"{call} on the Redis store, 1 worker, 1k meetings",
+                          setup=on_redis(call, 1), baseline=tinydb))
+    for call in ("join", "isMeetingRunning", "create"):
+        cases.append(Case(f"lb-redis2-{call}", f"{call} on the Redis store, 2 workers (SO_REUSEPORT), 1k meetings",
+                          setup=on_redis(call, 2), baseline=f"lb-redis-{call}"))
     # Growth: does per-request cost depend on state? Meetings grow at 10 servers, servers at 1k meetings.
     for meetings, servers in ((1000, 10), (10_000, 10), (1000, 100), (1000, 500)):
         tag = f"m{meetings // 1000}k-s{servers}"

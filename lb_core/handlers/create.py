@@ -54,21 +54,25 @@ async def create(ctx: Context) -> Answer:
     key = meeting_key(integration.name, meeting_id)
     while (pending := meetings.creation_in_progress(key)) is not None:
         await asyncio.shield(pending)
-    record = meetings.get(integration.name, meeting_id)
-    if record is not None:
-        server = await still_usable(ctx, record)
-        if server is not None:
-            return await create_on(ctx, server, record)
-    limit = integration.max_meetings
-    if limit is not None and meetings.count(integration.name) + meetings.creating(integration.name) >= limit:
-        raise services.policy.refused(integration.name, "meetings", errors.permission_denied_meetings())
-    meetings.begin_creation(key)
-    created: MeetingRecord | None = None
-    try:
-        answer, created = await create_new(ctx)
-        return answer
-    finally:
-        meetings.end_creation(key, created)
+    # Several processes: one creates this meeting at a time, and each reads the others' outcome.
+    async with meetings.create_guard(key, services.config.backend_timeout_s * MAX_CREATE_ATTEMPTS):
+        if meetings.cluster is not None:
+            await meetings.refresh(integration.name, meeting_id)
+        record = meetings.get(integration.name, meeting_id)
+        if record is not None:
+            server = await still_usable(ctx, record)
+            if server is not None:
+                return await create_on(ctx, server, record)
+        limit = integration.max_meetings
+        if limit is not None and meetings.count(integration.name) + meetings.creating(integration.name) >= limit:
+            raise services.policy.refused(integration.name, "meetings", errors.permission_denied_meetings())
+        meetings.begin_creation(key)
+        created: MeetingRecord | None = None
+        try:
+            answer, created = await create_new(ctx)
+            return answer
+        finally:
+            meetings.end_creation(key, created)
 
 
 async def still_usable(ctx: Context, record: MeetingRecord) -> Server | None:
@@ -147,7 +151,7 @@ async def create_on(ctx: Context, server: Server, record: MeetingRecord) -> Answ
 
 async def create_new(ctx: Context) -> tuple[Answer, MeetingRecord | None]:
     call, trace, meetings = ctx.call, ctx.trace, ctx.services.meetings
-    placement = ctx.services.placer.place(call)
+    placement = await ctx.services.placer.place_shared(call)
     trace.decide(**placement.explain())
     if not placement.order:
         raise errors.no_server_available()
@@ -174,9 +178,43 @@ async def create_new(ctx: Context) -> tuple[Answer, MeetingRecord | None]:
 async def create_attempt(ctx: Context, server: Server, placement: Placement,
                          tried: list[str]) -> tuple[Answer, MeetingRecord | None] | None:
     """One create on one server, under its (server, meetingID) lock; None means try the next server."""
+    query, pending = create_query(ctx, server)
+    bridge = await claim_shared_voice_bridge(ctx, server, query)
+    if bridge is None:
+        return await _create_attempt(ctx, server, placement, tried, query, pending)
+    cluster = ctx.services.meetings.cluster
+    assert cluster is not None
+    outcome = None
+    try:
+        outcome = await _create_attempt(ctx, server, placement, tried, query.replaced("voiceBridge", bridge), pending)
+        return outcome
+    finally:
+        if outcome is None or outcome[1] is None:  # no meeting holds it
+            await cluster.release_voice_bridge(server.name, bridge)
+
+
+async def claim_shared_voice_bridge(ctx: Context, server: Server, query: RawQuery) -> str | None:
+    """With several processes, the voice bridge this create asks for is claimed in Redis (a set per server),
+    so two processes never give one bridge to two meetings; None when the call names none or one process
+    runs alone."""
+    cluster = ctx.services.meetings.cluster
+    if cluster is None:
+        return None
+    asked = dict(query.pairs()).get("voiceBridge", "")
+    if not asked:
+        return None
+    candidate = asked
+    for _ in range(_VOICE_BRIDGE_ATTEMPTS):
+        if await cluster.claim_voice_bridge(server.name, candidate):
+            return candidate
+        candidate = free_voice_bridge(ctx, server)
+    raise ApiError("nonUniqueVoiceBridge", "No free voice bridge is left on the chosen server.")
+
+
+async def _create_attempt(ctx: Context, server: Server, placement: Placement, tried: list[str], query: RawQuery,
+                          pending: list[PendingCallback]) -> tuple[Answer, MeetingRecord | None] | None:
     call, forwarder = ctx.call, ctx.services.forwarder
     meeting_id = call.param("meetingID")
-    query, pending = create_query(ctx, server)
     server.note_create(meeting_id, time.time())
     try:
         reply = await forwarder.forward(server, call, ctx.trace, query)

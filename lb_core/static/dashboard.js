@@ -108,6 +108,27 @@ function renderEvents(events) {
   }
 }
 
+// Several bbb-lb processes on one Redis: every live one (its heartbeat), this one marked.
+function renderNodes(status) {
+  const section = document.getElementById("nodes-section");
+  section.hidden = !status.nodes;
+  if (!status.nodes) return;
+  const tbody = document.querySelector("#nodes tbody");
+  tbody.replaceChildren();
+  if (!status.nodes.length) emptyRow(tbody, 7, status.nodes_error || "no live instance");
+  for (const n of status.nodes) {
+    const tr = document.createElement("tr");
+    tr.appendChild(cell(n.node + (n.node === status.node ? " (this one)" : ""), "node"));
+    tr.appendChild(cell(n.host));
+    tr.appendChild(cell(n.pid, "num"));
+    tr.appendChild(n.poller ? badge("poller", "status-up") : cell("-"));
+    tr.appendChild(cell(n.meetings, "num"));
+    tr.appendChild(cell(new Date(n.started_at * 1000).toLocaleString(), "time"));
+    tr.appendChild(cell(new Date(n.seen_at * 1000).toLocaleTimeString(), "time"));
+    tbody.appendChild(tr);
+  }
+}
+
 function renderRecordings(recordings) {
   const counts = document.getElementById("recording-counts");
   const tbody = document.querySelector("#imports tbody");
@@ -156,6 +177,7 @@ async function refresh() {
     const data = await response.json();
     window.bbbPlots.renderPlots(await seriesResponse.json());
     renderSummary(data.status);
+    renderNodes(data.status);
     renderServers(data.servers);
     renderIntegrations(data.integrations || []);
     renderEvents(data.recent);
