@@ -61,6 +61,15 @@ def check_ports(config: Config) -> None:
             raise StartError(f"admin.port and listen.port are both {config.listen_port}")
 
 
+def stop_simulators(simulator: subprocess.Popen[str] | None) -> None:
+    if simulator is not None:
+        simulator.terminate()
+        try:
+            simulator.wait(5)
+        except subprocess.TimeoutExpired:
+            simulator.kill()
+
+
 def start_simulators(config: Config) -> subprocess.Popen[str] | None:
     """Start the simulated BBB servers the config marks with ``simulate: true``.
 
@@ -271,10 +280,5 @@ def run(config: Config, **kwargs: object) -> int:
     try:
         asyncio.run(serve(config, **kwargs))  # type: ignore[arg-type]
     finally:
-        if simulator is not None:
-            simulator.terminate()
-            try:
-                simulator.wait(5)
-            except subprocess.TimeoutExpired:
-                simulator.kill()
+        stop_simulators(simulator)
     return 0

@@ -108,7 +108,7 @@ def worker_argv(config_path: str, index: int, listen_port: int, admin_port: int 
 def supervise(config: Config, config_path: str, workers: int, *, ports_file: str = "",
               extra: list[str] | None = None) -> int:
     """Run ``workers`` worker processes until SIGTERM/SIGINT; 2 when they cannot start."""
-    from addons.runner import StartError, check_ports, start_simulators
+    from addons.runner import StartError, check_ports, start_simulators, stop_simulators
     from lb_core import logs
 
     logs.setup(config.log_level)
@@ -171,12 +171,7 @@ def supervise(config: Config, config_path: str, workers: int, *, ports_file: str
         _stop_all(pool)
         for worker in pool:
             worker.ports_file.unlink(missing_ok=True)
-        if simulator is not None:
-            simulator.terminate()
-            try:
-                simulator.wait(5)
-            except subprocess.TimeoutExpired:
-                simulator.kill()
+        stop_simulators(simulator)
 
 
 def _stop_all(pool: list[Worker]) -> None:
