@@ -112,10 +112,12 @@ class EventPartitionFiles:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
-        grouped: dict[str, list[str]] = {}
+        grouped: dict[str, list[Doc]] = {}
         for event in batch:
-            grouped.setdefault(self.path(str(event.get("p"))), []).append(json_line(event))
-        writes = [(path, "".join(lines).encode("utf-8"), self._sizes.get(path)) for path, lines in grouped.items()]
+            grouped.setdefault(self.path(str(event.get("p"))), []).append(event)
+        # Encoding a batch grows with it: it runs in the writer thread with the append (queued events
+        # are never changed after they are queued).
+        writes = [(path, events, self._sizes.get(path)) for path, events in grouped.items()]
         started = time.perf_counter()
         try:
             sizes = await asyncio.get_running_loop().run_in_executor(self._executor, _append_batch, writes)
@@ -128,12 +130,13 @@ class EventPartitionFiles:
         self.stats.wrote(time.perf_counter() - started)
 
 
-def _append_batch(writes: list[tuple[str, bytes, int | None]]) -> dict[str, int]:
+def _append_batch(writes: list[tuple[str, list[Doc], int | None]]) -> dict[str, int]:
     """Append to every partition file or, when one fails, to none (the others are cut back)."""
     done: list[tuple[str, int]] = []
     sizes: dict[str, int] = {}
     try:
-        for path, data, good in writes:
+        for path, events, good in writes:
+            data = "".join(json_line(event) for event in events).encode("utf-8")
             start = os.path.getsize(path) if good is None and os.path.exists(path) else (good or 0)
             sizes[path] = append_whole(path, data, start)
             done.append((path, start))

@@ -246,3 +246,27 @@ async def test_joins_recorded_while_a_partition_is_read_count_once(tmp_path):
     assert [u.name for u in old.users] == ["Bob", "Bob", "Before", "After"]
     await events.close()
     await store.close()
+
+
+async def test_event_batches_are_encoded_off_the_event_loop(tmp_path, monkeypatch):
+    """A batch's JSON grows with the traffic: encoding it on the loop stalled every call (join p99 spikes)."""
+    import threading
+
+    from lb_core import store_events
+
+    encoded_on: set[str] = set()
+    real = store_events.json_line
+
+    def watched(doc):  # type: ignore[no-untyped-def]
+        encoded_on.add(threading.current_thread().name)
+        return real(doc)
+
+    monkeypatch.setattr(store_events, "json_line", watched)
+    store = await open_store(tmp_path)
+    try:
+        store.append_events([{"p": "00000001", "t": "create", "id": str(i)} for i in range(50)])
+        await store.flush()
+        assert [d["id"] for d in await store.read_events("00000001")] == [str(i) for i in range(50)]
+    finally:
+        await store.close()
+    assert encoded_on and threading.main_thread().name not in encoded_on
