@@ -8,7 +8,9 @@ Lookups never scan: recordings are held in memory by recordID, by (integration, 
 integration, so a getRecordings with a meetingID filter costs what it returns, not what is indexed. A
 ``recordID`` item is a prefix, as in bbb-web ("only the first characters"): each integration keeps its
 recordIDs sorted, so an item costs a bisection plus its matches, and never reaches another's recordings.
-Works on any ``Store`` (TinyDB, memory, Redis).
+Works on any ``Store`` (TinyDB, memory, Redis). Several processes on one Redis each hold these lookups:
+every write is followed by a change notice (``on_change``, the cluster's channel), on which each process
+reads that one document again (``refresh``), so a change made through any process is seen by all at once.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import bisect
 import heapq
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,6 +162,8 @@ class RecordingIndex:
         # internalMeetingID -> (server, integration), learned from creates: a recording's origin before any sync.
         self._created: LruCache[str, tuple[str, str]] = LruCache(INTERNAL_IDS_MAX)
         self.last_imports: list[dict[str, Any]] = []  # newest last, bounded: the dashboard's "last imports"
+        # Several processes on one Redis: told after each write, so every process reads the document again.
+        self.on_change: Callable[[str], Awaitable[None]] | None = None
 
     async def load(self) -> None:
         self._bulk = True
@@ -213,16 +217,42 @@ class RecordingIndex:
         if ids is not None:
             ids.discard(record_id)
 
+    async def reload(self) -> None:
+        """Read the whole table again (change notices were missed: Redis was away)."""
+        self._docs.clear()
+        self._by_meeting.clear()
+        self._by_integration.clear()
+        self._sorted_ids.clear()
+        self._counts = dict.fromkeys(STATES, 0)
+        await self.load()
+
+    async def refresh(self, record_id: str) -> None:
+        """Another process (or this one) changed this recording: take the stored document."""
+        doc = await self.store.get(TABLE, record_id)
+        if doc is None:
+            old = self._docs.pop(record_id, None)
+            if old is not None:
+                self._unkeep(old)
+            return
+        doc.setdefault("record_id", record_id)
+        self._keep(doc)
+
     async def save(self, doc: dict[str, Any]) -> None:
         doc["updated_at"] = now_ms()
         await self.store.put(TABLE, doc["record_id"], doc)
         self._keep(doc)
+        await self._changed(doc["record_id"])
 
     async def drop(self, record_id: str) -> None:
         doc = self._docs.pop(record_id, None)
         if doc is not None:
             self._unkeep(doc)
             await self.store.delete(TABLE, record_id)
+            await self._changed(record_id)
+
+    async def _changed(self, record_id: str) -> None:
+        if self.on_change is not None:
+            await self.on_change(record_id)
 
     # --- reads --------------------------------------------------------------------------------------
 

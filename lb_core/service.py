@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from lb_core.backend import BackendClient
@@ -170,6 +171,8 @@ class LoadBalancer:
 
         self.meetings.share(cluster, meeting_changed)
         self.overrides.on_change = self.integrations.on_change = cluster.publish
+        if self.recordings is not None:
+            self.recordings.index.on_change = partial(cluster.publish, "recording")
         cluster.on_change = self._changed_elsewhere
         cluster.listen()
 
@@ -189,6 +192,8 @@ class LoadBalancer:
                 self.monitor.poll_soon()
         elif kind == "integrations":
             await self.integrations.load()
+        elif kind == "recording" and self.recordings is not None:
+            await self.recordings.index.refresh(subject)
         elif kind == "rules":
             self.policy.set_global_rules(self.config.rules)
             await load_global_rules(self.store, self.policy)
@@ -198,6 +203,8 @@ class LoadBalancer:
             await self.integrations.load()
             if self.lifecycle is not None:
                 self.lifecycle.running.clear()
+            if self.recordings is not None:
+                await self.recordings.index.reload()
 
     def _on_listing(self, server: Server, root: Any, asked_at: float) -> object:
         self._poll_asked_at[server.name] = asked_at
