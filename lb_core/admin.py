@@ -30,7 +30,7 @@ from lb_core.controls import ControlError, Controls, NotFound
 from lb_core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from lb_core.metrics import LbMetrics
 from lb_core.pool import Status
-from lb_core.recording_service import Recordings
+from lb_core.recording_service import Recordings, UploadRefused
 from lb_core.series import Series
 from lb_core.service import LoadBalancer
 from lb_core.store import StoreError
@@ -54,6 +54,17 @@ UNAUTHORISED_PAGE = (b"<!doctype html><meta charset=utf-8><title>bbb-lb: sign in
                      b"<p>Open <code>/dashboard?token=&lt;admin.token&gt;</code> to see the dashboard.</p>")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _import_request(body: dict[str, Any]) -> tuple[str, str | None]:
+    """The archive's path (a file on the bbb-lb host) and the server it claims to come from."""
+    path = body.get("path")
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise BadRequest("path: expected the archive's path on the bbb-lb host")
+    if not os.path.isfile(path):
+        raise BadRequest(f"path: no such file {path!r} on the bbb-lb host")
+    server = body.get("server")
+    return path, server if isinstance(server, str) else None
 
 
 class BadRequest(Exception):
@@ -193,6 +204,8 @@ class AdminServer:
             ("GET", "/api/recordings", self.list_recordings),
             ("GET", "/api/recordings/{id}", self.show_recording),
             ("POST", "/api/recordings/import", self.import_recording),
+            ("POST", "/api/recordings/imports", self.start_import),
+            ("GET", "/api/recordings/imports/{job}", self.import_job),
             ("POST", "/api/recordings/{id}/{action:publish|unpublish|delete}", self.recording_action),
             ("GET", "/api/integrations/{name}/rules", self.get_rules),
             ("PUT", "/api/integrations/{name}/rules", self.put_rules),
@@ -379,15 +392,24 @@ class AdminServer:
             raise BadRequest(str(exc)) from None
 
     async def import_recording(self, request: web.Request) -> web.Response:
-        """Import an archive from a path the LB can read (a spool directory shared with the BBB servers)."""
-        body = _object(await request.read())
-        path = body.get("path")
-        if not isinstance(path, str) or not path or "\x00" in path:
-            raise BadRequest("path: expected the archive's path on the bbb-lb host")
-        if not os.path.isfile(path):
-            raise BadRequest(f"path: no such file {path!r} on the bbb-lb host")
-        server = body.get("server")
-        return json_response(await self._recordings().import_file(path, server if isinstance(server, str) else None))
+        """Import an archive from a path the LB can read (a spool directory shared with the BBB servers);
+        answers when it is done (``/api/recordings/imports`` answers at once, for archives of any size)."""
+        path, server = _import_request(_object(await request.read()))
+        return json_response(await self._recordings().import_file(path, server))
+
+    async def start_import(self, request: web.Request) -> web.Response:
+        """Start an import job: 202 with its id at once; ``GET /api/recordings/imports/{job}`` until done."""
+        path, server = _import_request(_object(await request.read()))
+        try:
+            return json_response(self._recordings().start_import(path, server), status=202)
+        except UploadRefused as exc:
+            return json_response({"error": str(exc)}, status=exc.status)
+
+    async def import_job(self, request: web.Request) -> web.Response:
+        job = self._recordings().import_job(request.match_info["job"])
+        if job is None:
+            raise NotFound(f"no import job {request.match_info['job']!r} (bbb-lb restarted since?)")
+        return json_response(job)
 
     async def series_data(self, request: web.Request) -> web.Response:
         """The plots' history: per server load, participants and meetings; per call the answers and FAILED
