@@ -47,6 +47,17 @@ IMPORT_JOBS_RUNNING_MAX = 1000  # imports under way at once (they queue for the 
 IMPORT_JOBS_KEPT = 1000  # finished jobs kept to be asked after, newest
 
 
+def lower_priority() -> None:
+    """The import worker runs on CPU the API process leaves over: SCHED_IDLE, so the event loop, woken by a
+    join, takes a core from it at once (a nice level only shares the core out over the next milliseconds,
+    which is what raised join p99 during imports); nice 19 where SCHED_IDLE is not available. It is never
+    starved: SCHED_IDLE still gets a small share of a fully busy host."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.nice(19)
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 class UploadRefused(Exception):
     """An upload that is not accepted: ``status`` and ``key`` for the answer, the message for the uploader."""
 
@@ -218,9 +229,8 @@ class Recordings:
     async def _in_worker(self, function: Any, *args: Any) -> Any:
         """Tar work in a worker process of its own: a 100 MB import must not take the GIL from the API."""
         if self._worker is None:
-            # Niced: on a busy host the API process wins the CPU over an import.
             self._worker = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                               initializer=os.nice, initargs=(10,))
+                                               initializer=lower_priority)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._worker, function, *args)
         except BrokenProcessPool:
