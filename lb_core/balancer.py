@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from lb_core.config import BalancerConfig
+from lb_core.config_sections import BalancerConfig
 from lb_core.pool import Pool, Server
 
 

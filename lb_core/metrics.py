@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from lb_core.handlers import CALLS
-from lb_core.rules import LIMIT_KINDS
+from lb_core.policy import LIMIT_KINDS
 
 if TYPE_CHECKING:
     from lb_core.series import Series

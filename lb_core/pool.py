@@ -11,7 +11,7 @@ from enum import IntEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-from lb_core.config import BalancerConfig, MonitorConfig, ServerConfig
+from lb_core.config_sections import BalancerConfig, MonitorConfig, ServerConfig
 from lb_core.safe_errors import redact
 
 

@@ -31,11 +31,11 @@ from lb_core.meetings import MeetingRegistry
 from lb_core.monitor import Monitor
 from lb_core.outbound import OutboundClient, own_ports
 from lb_core.placement import Locate, Placer
+from lb_core.policy import Policy
 from lb_core.pool import Pool, Server
 from lb_core.recording_http import RecordingDoors
 from lb_core.recording_index import RecordingIndex
 from lb_core.recording_service import Recordings
-from lb_core.rules import Policy
 from lb_core.store import Store, make_store
 from lb_core.store_memory import MemoryStore
 from lb_core.store_redis import RedisStore

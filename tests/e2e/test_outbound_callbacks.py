@@ -15,7 +15,8 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from lb_core.config import CallbacksConfig, ConfigError, parse
+from lb_core.config import ConfigError, parse
+from lb_core.config_sections import CallbacksConfig
 from lb_core.outbound import OutboundClient, TargetPolicy, TargetRefused
 from tests.conftest import LB, free_port, wait_for
 

@@ -1,7 +1,7 @@
 from collections import Counter
 
 from lb_core.balancer import distance_km, place
-from lb_core.config import BalancerConfig, MonitorConfig, ServerConfig
+from lb_core.config_sections import BalancerConfig, MonitorConfig, ServerConfig
 from lb_core.pool import DisableState, MeetingLoad, Pool, Status
 
 BALANCER = BalancerConfig()
