@@ -9,7 +9,8 @@ import sys
 from lb_core import config as lb_config
 
 # Each module has ``register(subparsers)`` adding parsers whose ``handler`` takes the parsed args.
-COMMAND_MODULES: list[str] = ["addons.cli_admin", "addons.cli_recordings", "addons.replay", "addons.cli_migrate"]
+COMMAND_MODULES: list[str] = ["addons.cli_servers", "addons.cli_integrations", "addons.cli_rules",
+                              "addons.cli_recordings", "addons.replay", "addons.cli_migrate"]
 
 
 def load_config(path: str) -> lb_config.Config:
