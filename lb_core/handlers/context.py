@@ -21,6 +21,7 @@ from lb_core.event_log import EventLog
 from lb_core.forwarding import Forwarder
 from lb_core.lifecycle import MeetingLifecycle
 from lb_core.listings import ListingsCache
+from lb_core.meeting_creates import CreateCoordinator
 from lb_core.meetings import MeetingRecord, MeetingRegistry
 from lb_core.placement import Placer
 from lb_core.policy import Policy
@@ -62,6 +63,7 @@ class Services:
     config: Config
     pool: Pool
     meetings: MeetingRegistry
+    creates: CreateCoordinator  # creates under way, and their order
     events: EventLog
     backend: BackendClient
     forwarder: Forwarder
