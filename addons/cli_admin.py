@@ -14,6 +14,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -112,6 +113,14 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
              for row in [header, *rows]]
     return "\n".join(lines)
+
+
+def print_listing(args: argparse.Namespace, listing: Any, show: Callable[[Any], None]) -> None:
+    """``--json``: the admin API's JSON as it came; otherwise ``show`` prints it for people."""
+    if args.json:
+        print(json.dumps(listing, indent=2))
+    else:
+        show(listing)
 
 
 def _num(value: Any) -> str:

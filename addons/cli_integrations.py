@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from addons.cli_admin import AdminClient, CliError, _connection_options, _name, _num, _secret, run, table
+from addons.cli_admin import (
+    AdminClient,
+    CliError,
+    _connection_options,
+    _name,
+    _num,
+    _secret,
+    print_listing,
+    run,
+    table,
+)
 from addons.cli_rules import add_rules_arguments
 
 
@@ -39,11 +48,7 @@ def integration_line(i: dict[str, Any]) -> str:
 
 
 def integrations_list(args: argparse.Namespace, client: AdminClient) -> None:
-    integrations = client.call("GET", "/api/integrations")
-    if args.json:
-        print(json.dumps(integrations, indent=2))
-    else:
-        print_integrations(integrations)
+    print_listing(args, client.call("GET", "/api/integrations"), print_integrations)
 
 
 def _integration_exists(client: AdminClient, name: str) -> bool:

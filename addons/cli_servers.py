@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from addons.cli_admin import AdminClient, _connection_options, _name, _num, _secret, run, table
+from addons.cli_admin import AdminClient, _connection_options, _name, _num, _secret, print_listing, run, table
 
 STATES = {0: "enabled", 1: "disabled", 3: "auto"}
 
@@ -25,11 +24,7 @@ def print_servers(servers: list[dict[str, Any]]) -> None:
 
 
 def servers_list(args: argparse.Namespace, client: AdminClient) -> None:
-    servers = client.call("GET", "/api/servers")
-    if args.json:
-        print(json.dumps(servers, indent=2))
-    else:
-        print_servers(servers)
+    print_listing(args, client.call("GET", "/api/servers"), print_servers)
 
 
 def servers_add(args: argparse.Namespace, client: AdminClient) -> None:

@@ -10,7 +10,7 @@ from typing import Literal
 
 from aiohttp import web
 
-from lb_core.admin_http import BadRequest, Route, Running, json_response, read_object
+from lb_core.admin_http import BadRequest, Route, Routes, json_response, read_object
 from lb_core.config_types import Flag, Model, parse_request
 
 
@@ -30,11 +30,8 @@ class EmptyBody(Model):
     """A POST that takes no fields (drain)."""
 
 
-class ServerRoutes:
+class ServerRoutes(Routes):
     """Add, remove and steer the BBB servers."""
-
-    def __init__(self, running: Running) -> None:
-        self.running = running
 
     def routes(self) -> list[Route]:
         return [
@@ -71,11 +68,8 @@ class ServerRoutes:
                                                                  keep_state=body.keep_state))
 
 
-class IntegrationRoutes:
+class IntegrationRoutes(Routes):
     """Add, change and remove the integrations (never showing their secrets)."""
-
-    def __init__(self, running: Running) -> None:
-        self.running = running
 
     def routes(self) -> list[Route]:
         return [
@@ -99,13 +93,10 @@ class IntegrationRoutes:
         return json_response(await self.running.controls().remove_integration(request.match_info["name"]))
 
 
-class RuleRoutes:
+class RuleRoutes(Routes):
     """/api/rules are the global rules, /api/integrations/{name}/rules an integration's. The body is
     {create|join: {parameter: {operation: value}}}; PUT replaces them all, PATCH changes the parameters
     given (null removes a parameter's rule)."""
-
-    def __init__(self, running: Running) -> None:
-        self.running = running
 
     def routes(self) -> list[Route]:
         return [

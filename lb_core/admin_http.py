@@ -99,3 +99,13 @@ class Running:
         if recordings is None:
             raise web.HTTPServiceUnavailable(reason="bbb-lb is not running")
         return recordings
+
+
+class Routes:
+    """The routes of one resource, over the running LB's parts."""
+
+    def __init__(self, running: Running) -> None:
+        self.running = running
+
+    def routes(self) -> list[Route]:
+        raise NotImplementedError

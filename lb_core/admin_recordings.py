@@ -6,15 +6,12 @@ import os
 
 from aiohttp import web
 
-from lb_core.admin_http import BadRequest, Route, Running, json_response, read_object
+from lb_core.admin_http import BadRequest, Route, Routes, json_response, read_object
 from lb_core.controls import NotFound
 
 
-class RecordingRoutes:
+class RecordingRoutes(Routes):
     """Each route asks ``recording_service.Recordings`` of the running LB."""
-
-    def __init__(self, running: Running) -> None:
-        self.running = running
 
     def routes(self) -> list[Route]:
         return [

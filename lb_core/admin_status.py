@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from lb_core.admin_http import Route, Running, json_response
+from lb_core.admin_http import Route, Routes, Running, json_response
 from lb_core.balancer import exclusion_reason
 from lb_core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from lb_core.metrics import LbMetrics
@@ -74,11 +74,11 @@ async def with_store_health(lb: LoadBalancer, status: int, payload: dict[str, An
     return 503, {**payload, "status": "unavailable", "reason": "the state store (Redis) is not reachable"}
 
 
-class StatusRoutes:
+class StatusRoutes(Routes):
     """/health, /metrics (both open) and /api/status."""
 
     def __init__(self, running: Running, metrics: LbMetrics) -> None:
-        self.running = running
+        super().__init__(running)
         self.metrics = metrics
 
     def routes(self) -> list[Route]:
