@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from lb_core import config as lb_config
 
 # Each module has ``register(subparsers)`` adding parsers whose ``handler`` takes the parsed args.
-COMMAND_MODULES: list[str] = ["addons.cli_admin", "addons.cli_recordings", "addons.replay", "addons.cli_migrate"]
+COMMAND_MODULES: list[str] = ["addons.cli_servers", "addons.cli_integrations", "addons.cli_rules",
+                              "addons.cli_recordings", "addons.replay", "addons.cli_migrate"]
 
 
 # Set to 1 to keep Python's assertions (and mitmproxy's debug-only type checks) in ``bbb-lb run``.
