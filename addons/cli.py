@@ -4,15 +4,38 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from typing import TYPE_CHECKING
 
-from lb_core import config as lb_config
+if TYPE_CHECKING:
+    from lb_core import config as lb_config
 
 # Each module has ``register(subparsers)`` adding parsers whose ``handler`` takes the parsed args.
-COMMAND_MODULES: list[str] = ["addons.cli_admin", "addons.cli_recordings", "addons.replay", "addons.cli_migrate"]
+COMMAND_MODULES: list[str] = ["addons.cli_servers", "addons.cli_integrations", "addons.cli_rules",
+                              "addons.cli_recordings", "addons.replay", "addons.cli_migrate"]
+
+
+# Set to 1 to keep Python's assertions (and mitmproxy's debug-only type checks) in ``bbb-lb run``.
+KEEP_ASSERTS_ENV = "BBB_LB_ASSERTS"
+
+
+def optimised_argv(argv: list[str]) -> list[str] | None:
+    """The command line to serve with under ``python -O``, or None when this process already is.
+
+    mitmproxy type-checks every request and response field under ``__debug__`` and raises and
+    catches a TypeError for each empty optional one: about ten exceptions, with their tracebacks and
+    reference cycles, per API call, which also keep the cyclic GC busy. ``-O`` turns that off; our
+    own asserts only narrow types.
+    """
+    if sys.flags.optimize or os.environ.get(KEEP_ASSERTS_ENV) == "1" or argv[:1] != ["run"]:
+        return None
+    return [sys.executable, "-O", "-m", "addons.cli", *argv]
 
 
 def load_config(path: str) -> lb_config.Config:
+    from lb_core import config as lb_config
+
     try:
         return lb_config.load(path)
     except lb_config.ConfigError as exc:
@@ -109,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and (optimised := optimised_argv(sys.argv[1:])) is not None:
+        sys.stdout.flush()
+        os.execv(optimised[0], optimised)  # the same process (pid, signals, open files), under -O
     args = build_parser().parse_args(argv)
     return int(args.handler(args) or 0)
 

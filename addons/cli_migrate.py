@@ -11,7 +11,8 @@ import asyncio
 import sys
 from typing import Any
 
-from lb_core.config import Config, StoreConfig
+from lb_core.config import Config
+from lb_core.config_sections import StoreConfig
 from lb_core.config_types import redacted_url
 from lb_core.migrate import MigrationError, copy_state
 from lb_core.store import StoreError, make_store

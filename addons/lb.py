@@ -12,7 +12,7 @@ import time
 from mitmproxy import ctx, exceptions, http
 
 from addons.limits import BODY_LIMIT, SPOOL, Spool, UploadThrottle, answer_and_close
-from lb_core import bbbxml, errors
+from lb_core import bbbxml, errors, logs
 from lb_core import config as lb_config
 from lb_core.api import API_PREFIX, Answer, Request
 from lb_core.errors import ApiError, request_too_large
@@ -23,7 +23,7 @@ from lb_core.service import LoadBalancer
 from lb_core.store import Store
 from lb_core.trace import Handled, Trace
 
-log = logging.getLogger("bbb_lb.api")
+log = logging.getLogger(logs.ACCESS_LOGGER)
 
 
 class BbbLoadBalancer:

@@ -23,7 +23,7 @@ from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers.http import _http1
 
 from lb_core import bbbxml, errors
-from lb_core.config import LimitsConfig
+from lb_core.config_sections import LimitsConfig
 
 log = logging.getLogger("bbb_lb.limits")
 

@@ -98,8 +98,9 @@ class Worker:
 
 def worker_argv(config_path: str, index: int, listen_port: int, admin_port: int | None,
                 extra: list[str]) -> list[str]:
-    argv = [sys.executable, "-m", "addons.cli", "run", "--config", config_path, "--worker-index", str(index),
-            "--listen-port", str(listen_port)]
+    optimise = ["-O"] if sys.flags.optimize else []  # as the supervisor runs (see addons.cli.optimised_argv)
+    argv = [sys.executable, *optimise, "-m", "addons.cli", "run", "--config", config_path,
+            "--worker-index", str(index), "--listen-port", str(listen_port)]
     if admin_port is not None:
         argv += ["--admin-port", str(admin_port)]
     return argv + extra

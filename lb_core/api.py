@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from lb_core import bbbxml
-from lb_core.config import IntegrationConfig
+from lb_core.config_sections import IntegrationConfig
 from lb_core.errors import ApiError
 from lb_core.query import RawQuery
 

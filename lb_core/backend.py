@@ -10,7 +10,7 @@ import aiohttp
 from yarl import URL
 
 from lb_core import checksum
-from lb_core.config import ServerConfig
+from lb_core.config_sections import ServerConfig
 from lb_core.safe_errors import describe
 
 # Headers a backend answer may carry through the LB; hop-by-hop and cookies stay behind.

@@ -1,13 +1,21 @@
-"""Where a new meeting goes, and why: every decision comes with the candidates' scores."""
+"""Where a new meeting goes, and why: every decision comes with the candidates' scores.
+
+The load formula lives here too (``load``, ``polled_load``, ``predicted_load``): a server's load in
+participant units, from the counts ``pool.Server`` keeps and the costs of ``balancer:`` in the config.
+A server's score is its load per weight; the lowest score takes the meeting.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lb_core.config import BalancerConfig
-from lb_core.pool import Pool, Server
+from lb_core.config_sections import BalancerConfig
+
+if TYPE_CHECKING:
+    from lb_core.pool import MeetingLoad, Pool, Server
 
 
 @dataclass(slots=True)
@@ -25,6 +33,61 @@ class Placement:
             "candidates": self.scores,
         }
 
+
+# --- the load formula -------------------------------------------------------------------------------
+
+def predicted_load(server: Server, balancer: BalancerConfig, now: float) -> float:
+    """Participants that new meetings are expected to bring and have not brought yet.
+
+    A meeting no poll has seen yet counts ``meeting_size``, fading linearly over ``warmup_s``
+    (summed in O(1) from the count and the sum of creation times); one a poll has seen counts
+    what is still missing of that expectation, as of that poll (``missing_expected``).
+    """
+    if balancer.warmup_s <= 0:
+        return 0.0
+    count = len(server.unseen_creates)
+    rate = balancer.meeting_size / balancer.warmup_s
+    unseen = balancer.meeting_size * count - rate * (count * now - server.unseen_created_sum)
+    return server.missing_expected + max(0.0, unseen)
+
+
+def missing_expected(recent_creates: Mapping[str, float], meetings: Mapping[str, MeetingLoad], started: float,
+                     balancer: BalancerConfig) -> float:
+    """What the new meetings a poll (begun at ``started``) saw had not brought yet of their expected size."""
+    if balancer.warmup_s <= 0:
+        return 0.0
+    missing = 0.0
+    for meeting_id, created in recent_creates.items():
+        if meeting_id in meetings:
+            expected = balancer.meeting_size * (1.0 - max(0.0, started - created) / balancer.warmup_s)
+            missing += max(0.0, expected - meetings[meeting_id].participants)
+    return missing
+
+
+def polled_load(server: Server, balancer: BalancerConfig) -> float:
+    """The load as polls saw it, without the meetings created since (several processes count those
+    together: ``cluster.Cluster.claim``)."""
+    return (
+        len(server.meetings) * balancer.meeting_cost
+        + server.participants
+        + server.voice * balancer.voice_cost
+        + server.video * balancer.video_cost
+        + server.missing_expected
+    )
+
+
+def load(server: Server, balancer: BalancerConfig, now: float) -> float:
+    """Load in participant units: meetings, people, their media, and what is expected."""
+    return (
+        server.meeting_count * balancer.meeting_cost
+        + server.participants
+        + server.voice * balancer.voice_cost
+        + server.video * balancer.video_cost
+        + predicted_load(server, balancer, now)
+    )
+
+
+# --- placing a new meeting ------------------------------------------------------------------------------
 
 LOWEST_LOAD = "lowest load per weight"
 
@@ -74,10 +137,10 @@ def place(
             if location is not None:
                 distances[server.name] = distance_km(requester, location)
     for server in pool:
-        load = server.load(balancer, now)
-        score = load / server.config.weight
+        server_load = load(server, balancer, now)
+        score = server_load / server.config.weight
         reason = "excluded by the caller" if server.name in exclude else exclusion_reason(server)
-        entry: dict[str, Any] = {"server": server.name, "load": round(load, 2),
+        entry: dict[str, Any] = {"server": server.name, "load": round(server_load, 2),
                                  "weight": server.config.weight, "score": round(score, 3)}
         if server.name in distances:
             entry["distance_km"] = round(distances[server.name], 1)

@@ -16,23 +16,18 @@ from typing import Any
 
 from lb_core import bbbxml
 from lb_core.backend import BackendClient, BackendError
-from lb_core.config import (
-    DISABLE_STATES,
-    Config,
-    ConfigError,
-    IntegrationConfig,
-    ServerConfig,
-    parse_request,
-    validate,
-)
+from lb_core.config import Config
+from lb_core.config_sections import DISABLE_STATES, IntegrationConfig, ServerConfig
+from lb_core.config_types import ConfigError, parse_request, validate
 from lb_core.geo import GeoLocator, fill_geoloc
 from lb_core.integrations import Integrations
 from lb_core.lifecycle import MeetingLifecycle
 from lb_core.meetings import MeetingRegistry
+from lb_core.policy import Policy
 from lb_core.pool import DisableState, Pool, Server
 from lb_core.query import encode_value
 from lb_core.rules import EMPTY as EMPTY_RULES
-from lb_core.rules import Policy, RuleError, parse_rules
+from lb_core.rules import RuleError, parse_rules
 from lb_core.store import Store
 
 log = logging.getLogger("bbb_lb")

@@ -15,6 +15,7 @@ import logging
 import time as clock
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -32,8 +33,87 @@ def _ms(day: date) -> int:
     return int(datetime.combine(day, time.min, tzinfo=UTC).timestamp() * 1000)
 
 
+class PartitionCache:
+    """Parsed partitions by name, at most ``capacity`` (least recently used go first, never ``pinned``).
+
+    Concurrent reads of one partition share one store read; events recorded while it is read are
+    kept and applied once it arrives (a join read from the file is not applied twice).
+    """
+
+    def __init__(self, store: Store, capacity: int) -> None:
+        self.store = store
+        self.capacity = capacity
+        self.pinned = ""  # the current partition: it takes new meetings, so it stays
+        self._parsed: OrderedDict[str, Partition] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[Partition]] = {}
+        self._arrived: dict[str, list[dict[str, Any]]] = {}
+
+    def get(self, name: str) -> Partition | None:
+        return self._parsed.get(name)
+
+    def add(self, partition: Partition) -> None:
+        self._parsed[partition.name] = partition
+        self._evict()
+
+    def pop(self, name: str) -> None:
+        self._parsed.pop(name, None)
+
+    def clear(self) -> None:
+        self._parsed.clear()
+
+    def arrived(self, name: str, doc: dict[str, Any]) -> None:
+        """An event of a partition not in memory: kept if that partition is being read right now."""
+        if name in self._loading:
+            self._arrived.setdefault(name, []).append(doc)
+
+    def __iter__(self) -> Iterator[Partition]:
+        return iter(self._parsed.values())
+
+    async def load(self, name: str, keep: Callable[[Partition], bool]) -> Partition:
+        """The partition, read from the store if need be; cached only if ``keep`` says so."""
+        cached = self._parsed.get(name)
+        if cached is not None:
+            self._parsed.move_to_end(name)
+            return cached
+        loading = self._loading.get(name)
+        if loading is not None:
+            return await asyncio.shield(loading)
+        future: asyncio.Future[Partition] = asyncio.get_running_loop().create_future()
+        self._loading[name] = future
+        try:
+            partition = Partition(name)
+            joins_read: set[str] = set()
+            for doc in await self.store.read_events(name):
+                partition.apply(doc)
+                if doc.get("t") == "join" and doc.get("j"):
+                    joins_read.add(str(doc["j"]))
+            for doc in self._arrived.pop(name, ()):  # recorded while the partition was read: maybe read too
+                if doc.get("t") != "join" or str(doc.get("j")) not in joins_read:
+                    partition.apply(doc)
+            if keep(partition):
+                self.add(partition)
+            future.set_result(partition)
+            return partition
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters, if any, get it too
+            raise
+        finally:
+            self._loading.pop(name, None)
+            self._arrived.pop(name, None)
+
+    def _evict(self) -> None:
+        while len(self._parsed) > max(1, self.capacity):
+            oldest = next(iter(self._parsed))
+            if oldest == self.pinned:
+                self._parsed.move_to_end(oldest)
+                continue
+            del self._parsed[oldest]
+
+
 class EventLog:
-    """Records meeting events and answers getMeetingEvents from the partition index and an LRU."""
+    """Records meeting events and answers getMeetingEvents from the partition index (the partitions
+    themselves come from a ``PartitionCache``)."""
 
     PARTITION_SIZE = 1000  # meetings per partition: the unit read from disk and cached
     CACHED_PARTITIONS = 16  # the working set: at most this many parsed partitions in memory
@@ -44,9 +124,7 @@ class EventLog:
         self.retention_days = retention_days
         self._index: dict[str, PartitionMeta] = {}  # sealed and current, by name (ascending numbers)
         self._current = partition_name(1)
-        self._cache: OrderedDict[str, Partition] = OrderedDict()
-        self._loading: dict[str, asyncio.Future[Partition]] = {}
-        self._arrived: dict[str, list[dict[str, Any]]] = {}  # recorded while the partition was being read
+        self.partitions = PartitionCache(store, self.CACHED_PARTITIONS)
         self._tasks: set[asyncio.Task[None]] = set()
         self._retention_checked = 0.0
         self.recorded_total = 0
@@ -57,7 +135,7 @@ class EventLog:
     async def load(self) -> None:
         """Read the index; rebuild the entries a crash (or an older version) left out."""
         self._index.clear()
-        self._cache.clear()
+        self.partitions.clear()
         stored = await self.store.all(INDEX_TABLE)
         names = await self.store.event_partitions()
         for gone in set(stored) - set(names):
@@ -76,8 +154,8 @@ class EventLog:
         partition = await self._read(current)
         self._index[current] = PartitionMeta.of(partition)
         self._index[current].summarise(partition)
-        self._current = current
-        self._cache[current] = partition
+        self._current = self.partitions.pinned = current
+        self.partitions.add(partition)
         if len(partition) >= self.PARTITION_SIZE:
             self._seal()
         await self._apply_retention()
@@ -86,7 +164,7 @@ class EventLog:
     async def _warm(self) -> None:
         """Read the newest partitions (a bounded start-up cost): the first queries ask for recent meetings."""
         newest = sorted(self._index, key=lambda name: self._index[name].last_at, reverse=True)
-        for name in newest[: self.CACHED_PARTITIONS // 2]:
+        for name in newest[: self.partitions.capacity // 2]:
             await self._partition(name)
 
     async def close(self) -> None:
@@ -97,16 +175,15 @@ class EventLog:
     # --- recording --------------------------------------------------------------------------
 
     def _open_partition(self, name: str) -> None:
-        self._current = name
+        self._current = self.partitions.pinned = name
         self._index[name] = PartitionMeta(exact=True)
-        self._cache[name] = Partition(name)
+        self.partitions.add(Partition(name))
 
     def _seal(self) -> None:
         """The current partition is full: its index entry is stored, a new one takes the creates."""
         sealed, meta = self._current, self._index[self._current]
         self._background(self.store.put(INDEX_TABLE, sealed, meta.to_doc()))
         self._open_partition(partition_name(int(sealed) + 1))
-        self._evict()
         self._retention_checked = 0.0  # the writer applies the retention when it opens a partition
 
     def _background(self, work: Any) -> None:
@@ -122,7 +199,7 @@ class EventLog:
 
     def _record(self, partition: str, doc: dict[str, Any]) -> None:
         doc["p"] = partition
-        cached = self._cache.get(partition)
+        cached = self.partitions.get(partition)
         meta = self._index[partition]
         if cached is not None:
             event = cached.apply(doc)
@@ -132,8 +209,7 @@ class EventLog:
                 meta.saw(event)
         else:
             meta.exact = False  # changed while not in memory: read it again before skipping it
-            if partition in self._loading:
-                self._arrived.setdefault(partition, []).append(doc)
+            self.partitions.arrived(partition, doc)
         self.store.append_events([doc])
         self.recorded_total += 1
 
@@ -166,7 +242,7 @@ class EventLog:
         partition = self._partition_of(event_id)
         if partition is None:
             return
-        cached = self._cache.get(partition)
+        cached = self.partitions.get(partition)
         event = cached.events.get(event_id) if cached is not None else None
         if cached is None or (event is not None and event.ended_at is None):
             self._record(partition, {"t": "end", "id": event_id, "at": at})
@@ -183,7 +259,7 @@ class EventLog:
             return
         for name in old:
             self._index.pop(name, None)
-            self._cache.pop(name, None)
+            self.partitions.pop(name)
         await self.store.drop_event_partitions(old)
         for name in old:
             await self.store.delete(INDEX_TABLE, name)
@@ -198,57 +274,23 @@ class EventLog:
         return partition
 
     async def _partition(self, name: str) -> Partition:
-        cached = self._cache.get(name)
-        if cached is not None:
-            self._cache.move_to_end(name)
-            return cached
-        loading = self._loading.get(name)
-        if loading is not None:
-            return await asyncio.shield(loading)
-        future: asyncio.Future[Partition] = asyncio.get_running_loop().create_future()
-        self._loading[name] = future
-        try:
-            partition = Partition(name)
-            joins_read: set[str] = set()
-            for doc in await self.store.read_events(name):
-                partition.apply(doc)
-                if doc.get("t") == "join" and doc.get("j"):
-                    joins_read.add(str(doc["j"]))
-            for doc in self._arrived.pop(name, ()):  # recorded while the partition was read: maybe read too
-                if doc.get("t") != "join" or str(doc.get("j")) not in joins_read:
-                    partition.apply(doc)
-            meta = self._index.get(name)
+        def keep(partition: Partition) -> bool:
+            meta = self._index.get(name)  # None: deleted by the retention while it was read
             if meta is not None:
                 meta.summarise(partition)
-                self._cache[name] = partition
-                self._evict()
-            future.set_result(partition)
-            return partition
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters, if any, get it too
-            raise
-        finally:
-            self._loading.pop(name, None)
-            self._arrived.pop(name, None)
+            return meta is not None
 
-    def _evict(self) -> None:
-        while len(self._cache) > max(1, self.CACHED_PARTITIONS):
-            oldest = next(iter(self._cache))
-            if oldest == self._current:
-                self._cache.move_to_end(oldest)
-                continue
-            del self._cache[oldest]
+        return await self.partitions.load(name, keep)
 
     def get(self, event_id: str) -> MeetingEvent | None:
         """The event if its partition is in memory (for tests and the dashboard)."""
         partition = self._partition_of(event_id)
-        cached = self._cache.get(partition) if partition is not None else None
+        cached = self.partitions.get(partition) if partition is not None else None
         return cached.events.get(event_id) if cached is not None else None
 
     def cached_events(self) -> int:
-        """Meetings held in memory: bounded by ``CACHED_PARTITIONS * PARTITION_SIZE``."""
-        return sum(len(p) for p in self._cache.values())
+        """Meetings held in memory: bounded by the cache capacity times ``PARTITION_SIZE``."""
+        return sum(len(p) for p in self.partitions)
 
     def __len__(self) -> int:
         return sum(meta.meetings for meta in self._index.values())

@@ -10,7 +10,8 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from lb_core.config import ConfigError, IntegrationConfig, validate
+from lb_core.config_sections import IntegrationConfig
+from lb_core.config_types import ConfigError, validate
 from lb_core.store import Store
 
 INTEGRATIONS_TABLE = "integrations"

@@ -2,6 +2,11 @@
 
 Loggers hand their records to a ``QueueHandler`` (a queue put, nothing more); a ``QueueListener``
 thread formats them and writes them to stderr. A burst of records is written with one flush.
+
+The listener polls the queue rather than blocking on it: a blocked reader is woken by every put, and at
+thousands of calls a second that wake-up (a thread switch and a fight for the GIL per log line) cost the
+event loop more than the formatting we moved off it. The per-call lines (``bbb_lb.api``) go to this queue
+only: mitmproxy's root handlers would schedule an ``add_log`` event on the loop for each of them.
 """
 
 from __future__ import annotations
@@ -12,12 +17,16 @@ import logging
 import logging.handlers
 import queue
 import sys
+import time
 from typing import Any, TextIO
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 # Arguments of these types cannot change between the log call and the listener's formatting.
 _IMMUTABLE = (str, int, float, bool, type(None), bytes)
+# How long a line may wait in the queue; also the listener's idle wake-up interval.
+POLL_INTERVAL_S = 0.05
+ACCESS_LOGGER = "bbb_lb.api"
 
 
 class DeferredQueueHandler(logging.handlers.QueueHandler):
@@ -44,6 +53,19 @@ class BurstFlushingStreamHandler(logging.StreamHandler):  # type: ignore[type-ar
             super().flush()
 
 
+class PollingQueueListener(logging.handlers.QueueListener):
+    """Drains the queue every ``POLL_INTERVAL_S``: a put never wakes this thread (see the module doc)."""
+
+    def dequeue(self, block: bool) -> Any:
+        while True:
+            try:
+                return self.queue.get_nowait()
+            except queue.Empty:
+                if not block:
+                    raise
+                time.sleep(POLL_INTERVAL_S)
+
+
 _listener: logging.handlers.QueueListener | None = None
 
 
@@ -63,11 +85,16 @@ def setup(level: str, stream: TextIO | None = None) -> None:
     records: queue.SimpleQueue[Any] = queue.SimpleQueue()
     writer = BurstFlushingStreamHandler(stream if stream is not None else _stderr(), records)
     writer.setFormatter(logging.Formatter(LOG_FORMAT))
-    _listener = logging.handlers.QueueListener(records, writer, respect_handler_level=True)
+    _listener = PollingQueueListener(records, writer, respect_handler_level=True)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(DeferredQueueHandler(records))
+    access = logging.getLogger(ACCESS_LOGGER)
+    for old in list(access.handlers):
+        access.removeHandler(old)
+    access.addHandler(DeferredQueueHandler(records))
+    access.propagate = False
     root.setLevel(LEVELS.get(level, logging.INFO))
     for noisy in ("mitmproxy.proxy.server", "mitmproxy.proxy", "hpack"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -82,6 +109,10 @@ def stop() -> None:
         for handler in _listener.handlers:
             handler.flush()  # the queue is empty now, so this writes out the buffer
         _listener = None
+    access = logging.getLogger(ACCESS_LOGGER)
+    for handler in list(access.handlers):
+        access.removeHandler(handler)
+    access.propagate = True
 
 
 atexit.register(stop)

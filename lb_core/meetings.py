@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,19 +43,14 @@ class MeetingRecord:
         return cls(**known)
 
 
-@dataclass(slots=True)
-class _SharedLock:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0
-
-
 def meeting_key(integration: str, meeting_id: str) -> str:
     # Integration names cannot hold a space, so the key is unambiguous.
     return f"{integration} {meeting_id}"
 
 
 class MeetingRegistry:
-    """Meetings by integration and ID, with per-server indexes the balancer and poller need."""
+    """The index of meetings: by integration and ID, with per-server indexes the balancer and poller need,
+    kept in step with the store. Ordering creates is ``meeting_creates.CreateCoordinator``'s job."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -64,10 +58,6 @@ class MeetingRegistry:
         self._by_server: dict[str, set[str]] = defaultdict(set)
         self._voice_bridges: dict[str, dict[str, str]] = defaultdict(dict)
         self._by_meeting_id: dict[str, set[str]] = defaultdict(set)
-        self._creating: dict[str, asyncio.Future[MeetingRecord | None]] = {}
-        # (server, backend meetingID) -> [lock, holders]: creates of one backend ID on one server, by
-        # any integration, run one after the other; the entry lives only while someone holds or waits.
-        self._backend_locks: dict[tuple[str, str], _SharedLock] = {}
         # Several processes on one store (``share``): the store is the truth, read on every meeting call;
         # this index follows it through change notices, and ``on_change`` sends them.
         self.cluster: Cluster | None = None
@@ -109,13 +99,6 @@ class MeetingRegistry:
         elif self._meetings.get(key) != record:
             self._index(record)
         return record
-
-    def create_guard(self, key: str, wait_s: float) -> contextlib.AbstractAsyncContextManager[None]:
-        """Held while this meeting is created: across processes when shared (a Redis lock), else nothing
-        (one process orders its creates with ``begin_creation``)."""
-        if self.cluster is None:
-            return contextlib.nullcontext()
-        return self.cluster.create_lock(key, wait_s)
 
     def _index(self, record: MeetingRecord) -> None:
         old = self._meetings.get(record.key)
@@ -162,22 +145,6 @@ class MeetingRegistry:
         return {record.server for k in self._by_meeting_id.get(meeting_id, ())
                 if (record := self._meetings[k]).integration != other_than}
 
-    @contextlib.asynccontextmanager
-    async def creation_lock(self, server: str, meeting_id: str) -> AsyncIterator[None]:
-        """Hold while creating ``meeting_id`` on ``server``, so two integrations' creates never merge there."""
-        key = (server, meeting_id)
-        entry = self._backend_locks.get(key)
-        if entry is None:
-            entry = self._backend_locks[key] = _SharedLock()
-        entry.users += 1
-        try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.users -= 1
-            if entry.users == 0:
-                del self._backend_locks[key]
-
     def voice_bridge_in_use(self, server: str, voice_bridge: str) -> bool:
         return voice_bridge in self._voice_bridges.get(server, {})
 
@@ -218,23 +185,3 @@ class MeetingRegistry:
         if self.on_change is not None:
             await self.on_change(record.key)
         return True
-
-    # Two concurrent creates of one new meeting must end on one server: the first does the work,
-    # the others wait for its outcome.
-    def creation_in_progress(self, key: str) -> asyncio.Future[MeetingRecord | None] | None:
-        return self._creating.get(key)
-
-    def creating(self, integration: str) -> int:
-        """Creates under way for the integration that are not recorded yet (so none is counted twice)."""
-        prefix = integration + " "
-        return sum(1 for key in self._creating if key.startswith(prefix) and key not in self._meetings)
-
-    def begin_creation(self, key: str) -> asyncio.Future[MeetingRecord | None]:
-        future: asyncio.Future[MeetingRecord | None] = asyncio.get_running_loop().create_future()
-        self._creating[key] = future
-        return future
-
-    def end_creation(self, key: str, record: MeetingRecord | None) -> None:
-        future = self._creating.pop(key, None)
-        if future is not None and not future.done():
-            future.set_result(record)

@@ -19,8 +19,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from lb_core.balancer import load
 from lb_core.handlers import CALLS
-from lb_core.rules import LIMIT_KINDS
+from lb_core.policy import LIMIT_KINDS
 
 if TYPE_CHECKING:
     from lb_core.series import Series
@@ -116,7 +117,7 @@ class LbCollector(Collector):
                 families["draining"].add_metric(labels, 1 if server.draining else 0)
                 families["meetings"].add_metric(labels, server.meeting_count)
                 families["participants"].add_metric(labels, server.participants)
-                families["load"].add_metric(labels, round(server.load(balancer, now), 3))
+                families["load"].add_metric(labels, round(load(server, balancer, now), 3))
                 families["poll_errors"].add_metric(labels, server.poll_errors_total)
             for integration in lb.controls.list_integrations() if lb.controls is not None else ():
                 labels = [integration["name"]]

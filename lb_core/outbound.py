@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from lb_core.config import CallbacksConfig, Config
+from lb_core.config import Config
+from lb_core.config_sections import CallbacksConfig
 from lb_core.safe_errors import describe
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address

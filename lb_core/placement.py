@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from lb_core.api import Call
-from lb_core.balancer import LOWEST_LOAD, Placement, place
+from lb_core.balancer import LOWEST_LOAD, Placement, place, polled_load
 from lb_core.config import Config
 from lb_core.meetings import MeetingRegistry
 from lb_core.pool import Pool
@@ -50,7 +50,7 @@ class Placer:
         balancer = self.config.balancer
         # Only the servers equal to the first by preference and distance compete on load.
         contenders = placement.order if placement.reason == LOWEST_LOAD else placement.order[:1]
-        chosen = await cluster.claim([(s, s.polled_load(balancer) / s.config.weight) for s in contenders],
+        chosen = await cluster.claim([(s, polled_load(s, balancer) / s.config.weight) for s in contenders],
                                      call.param("meetingID"), balancer.meeting_cost + balancer.meeting_size)
         if chosen is not placement.order[0]:
             placement.order = [chosen, *(s for s in placement.order if s is not chosen)]

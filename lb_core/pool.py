@@ -1,5 +1,8 @@
 """The servers behind the load balancer: what the poller learned of them and what operators set.
 
+A ``Server`` is state only; what its load is (the formula and its costs) is the balancer's
+(``lb_core.balancer.load``).
+
 Status and disableState use the Mconf-LB numbers, so getServers answers as that LB did.
 """
 
@@ -11,7 +14,8 @@ from enum import IntEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-from lb_core.config import BalancerConfig, MonitorConfig, ServerConfig
+from lb_core.balancer import load, missing_expected
+from lb_core.config_sections import BalancerConfig, MonitorConfig, ServerConfig
 from lb_core.safe_errors import redact
 
 
@@ -40,6 +44,9 @@ class MeetingLoad:
 
 @dataclass(slots=True)
 class Server:
+    """One BBB server as the LB knows it: its config, what operators set, its health from the polls and the
+    counts of its meetings. State only: its load is the balancer's formula over these counts."""
+
     config: ServerConfig
     disable_state: DisableState = DisableState.AUTO
     draining: bool = False
@@ -57,9 +64,10 @@ class Server:
     _participants: int = 0
     _voice: int = 0
     _video: int = 0
-    _seen_predicted: float = 0.0
-    _unseen: dict[str, float] = field(default_factory=dict)  # created, not yet seen by a poll
-    _unseen_created_sum: float = 0.0
+    # What the balancer's load formula reads beyond the counts (lb_core.balancer.predicted_load):
+    missing_expected: float = 0.0  # participants the new meetings a poll saw were expected to bring and had not
+    unseen_creates: dict[str, float] = field(default_factory=dict)  # created, not yet seen by a poll
+    unseen_created_sum: float = 0.0
     geoloc: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -101,7 +109,7 @@ class Server:
 
     @property
     def meeting_count(self) -> int:
-        return len(self.meetings) + len(self._unseen)
+        return len(self.meetings) + len(self.unseen_creates)
 
     def over_limits(self) -> str | None:
         limit = self.config.max_meetings
@@ -124,41 +132,6 @@ class Server:
             return False
         return self.auto_disabled
 
-    def predicted_load(self, balancer: BalancerConfig, now: float) -> float:
-        """Participants that new meetings are expected to bring and have not brought yet.
-
-        A meeting no poll has seen yet counts ``meeting_size``, fading linearly over ``warmup_s``
-        (summed in O(1) from the count and the sum of creation times); one a poll has seen counts
-        what is still missing of that expectation, as of that poll.
-        """
-        if balancer.warmup_s <= 0:
-            return 0.0
-        count = len(self._unseen)
-        rate = balancer.meeting_size / balancer.warmup_s
-        unseen = balancer.meeting_size * count - rate * (count * now - self._unseen_created_sum)
-        return self._seen_predicted + max(0.0, unseen)
-
-    def polled_load(self, balancer: BalancerConfig) -> float:
-        """The load as polls saw it, without the meetings created since (several processes count those
-        together: ``cluster.Cluster.claim``)."""
-        return (
-            len(self.meetings) * balancer.meeting_cost
-            + self.participants
-            + self.voice * balancer.voice_cost
-            + self.video * balancer.video_cost
-            + self._seen_predicted
-        )
-
-    def load(self, balancer: BalancerConfig, now: float) -> float:
-        """Load in participant units: meetings, people, their media, and what is expected."""
-        return (
-            self.meeting_count * balancer.meeting_cost
-            + self.participants
-            + self.voice * balancer.voice_cost
-            + self.video * balancer.video_cost
-            + self.predicted_load(balancer, now)
-        )
-
     def record_poll_success(
         self, meetings: dict[str, MeetingLoad], monitor: MonitorConfig, started: float, balancer: BalancerConfig
     ) -> None:
@@ -168,18 +141,13 @@ class Server:
         self._participants = sum(m.participants for m in meetings.values())
         self._voice = sum(m.voice for m in meetings.values())
         self._video = sum(m.video for m in meetings.values())
-        seen_predicted = 0.0
         for meeting_id, created in list(self.recent_creates.items()):
             gone = meeting_id not in meetings and created < started
-            age = started - created
-            if gone or age >= balancer.warmup_s:
+            if gone or started - created >= balancer.warmup_s:
                 del self.recent_creates[meeting_id]
-            elif meeting_id in meetings and balancer.warmup_s > 0:
-                expected = balancer.meeting_size * (1.0 - max(0.0, age) / balancer.warmup_s)
-                seen_predicted += max(0.0, expected - meetings[meeting_id].participants)
-        self._seen_predicted = seen_predicted
-        self._unseen = {m: c for m, c in self.recent_creates.items() if m not in meetings}
-        self._unseen_created_sum = sum(self._unseen.values())
+        self.missing_expected = missing_expected(self.recent_creates, meetings, started, balancer)
+        self.unseen_creates = {m: c for m, c in self.recent_creates.items() if m not in meetings}
+        self.unseen_created_sum = sum(self.unseen_creates.values())
         self.consecutive_failures = 0
         self.consecutive_successes += 1
         self.last_error = ""
@@ -201,17 +169,17 @@ class Server:
 
     def note_create(self, backend_meeting_id: str, now: float) -> None:
         self.recent_creates[backend_meeting_id] = now
-        if backend_meeting_id not in self.meetings and backend_meeting_id not in self._unseen:
-            self._unseen[backend_meeting_id] = now
-            self._unseen_created_sum += now
+        if backend_meeting_id not in self.meetings and backend_meeting_id not in self.unseen_creates:
+            self.unseen_creates[backend_meeting_id] = now
+            self.unseen_created_sum += now
 
     def note_join(self) -> None:
         self.joins_since_poll += 1
 
     def note_end(self, backend_meeting_id: str) -> None:
         self.recent_creates.pop(backend_meeting_id, None)
-        if (created := self._unseen.pop(backend_meeting_id, None)) is not None:
-            self._unseen_created_sum -= created
+        if (created := self.unseen_creates.pop(backend_meeting_id, None)) is not None:
+            self.unseen_created_sum -= created
         if (gone := self.meetings.pop(backend_meeting_id, None)) is not None:
             self._participants -= gone.participants
             self._voice -= gone.voice
@@ -231,7 +199,7 @@ class Server:
             "participants": self.participants,
             "voice": self.voice,
             "video": self.video,
-            "load": round(self.load(balancer, now), 2),
+            "load": round(load(self, balancer, now), 2),
             "last_error": self.last_error,
             "poll_errors_total": self.poll_errors_total,
         }

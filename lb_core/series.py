@@ -16,6 +16,8 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from lb_core.balancer import load
+
 if TYPE_CHECKING:
     from lb_core.service import LoadBalancer
 
@@ -107,7 +109,7 @@ class Series:
         balancer = lb.config.balancer
         for server in lb.pool:
             # The same readings as bbb_lb_server_load / _participants / _meetings.
-            yield (server.name, "load"), round(server.load(balancer, now), 3)
+            yield (server.name, "load"), round(load(server, balancer, now), 3)
             yield (server.name, "participants"), server.participants
             yield (server.name, "meetings"), server.meeting_count
 

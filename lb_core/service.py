@@ -28,15 +28,16 @@ from lb_core.handlers.context import Services
 from lb_core.integrations import Integrations
 from lb_core.lifecycle import MeetingLifecycle
 from lb_core.listings import ListingsCache
+from lb_core.meeting_creates import CreateCoordinator
 from lb_core.meetings import MeetingRegistry
 from lb_core.monitor import Monitor
 from lb_core.outbound import OutboundClient, own_ports
 from lb_core.placement import Locate, Placer
+from lb_core.policy import Policy
 from lb_core.pool import Pool, Server
 from lb_core.recording_http import RecordingDoors
 from lb_core.recording_index import RecordingIndex
 from lb_core.recording_service import Recordings
-from lb_core.rules import Policy
 from lb_core.store import Store, make_store
 from lb_core.store_memory import MemoryStore
 from lb_core.store_redis import RedisStore
@@ -67,7 +68,7 @@ def assemble(config: Config, pool: Pool, meetings: MeetingRegistry, events: Even
     lifecycle = MeetingLifecycle(config, pool, meetings, events, backend, listings, recordings)
     callbacks = (Callbacks(store, pool, config.public_url, lifecycle.meeting_ended, deliveries)
                  if store is not None and deliveries is not None else None)
-    services = Services(config, pool, meetings, events, backend, forwarder, listings, recordings, lifecycle,
+    services = Services(config, pool, meetings, CreateCoordinator(meetings), events, backend, forwarder, listings, recordings, lifecycle,
                         Placer(config, pool, meetings, locate), callbacks, instance_id,
                         policy if policy is not None else Policy(config.rules))
     # Recordings that outlive their servers: sync, imports, changes; uploads and playback on the API port.

@@ -54,7 +54,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 def free_port() -> int:
     """A port nobody listens on (for "connection refused" checks). Never hand it to a child to bind:
-    another process can take it in between. Children bind port 0 and report what they got."""
+    another process can take it in between. Children bind port 0 and report what they got; the two that
+    cannot report one (redis-server, mitmweb's --web-port) are started again on another port when theirs
+    was taken meanwhile (``RedisServer.start``, ``test_web.start_with_web_ui``)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

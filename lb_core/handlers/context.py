@@ -21,12 +21,13 @@ from lb_core.event_log import EventLog
 from lb_core.forwarding import Forwarder
 from lb_core.lifecycle import MeetingLifecycle
 from lb_core.listings import ListingsCache
+from lb_core.meeting_creates import CreateCoordinator
 from lb_core.meetings import MeetingRecord, MeetingRegistry
 from lb_core.placement import Placer
+from lb_core.policy import Policy
 from lb_core.pool import Pool, Server
 from lb_core.query import RawQuery
 from lb_core.recording_index import RecordingIndex
-from lb_core.rules import Policy
 from lb_core.trace import Trace
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class Services:
     config: Config
     pool: Pool
     meetings: MeetingRegistry
+    creates: CreateCoordinator  # creates under way, and their order
     events: EventLog
     backend: BackendClient
     forwarder: Forwarder

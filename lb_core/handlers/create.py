@@ -50,12 +50,12 @@ async def create(ctx: Context) -> Answer:
     integration = call.integration
     if call.param("record").lower() == "true" and not integration.can_record:
         raise services.policy.refused(integration.name, "record", errors.permission_denied_record())
-    meetings = services.meetings
+    meetings, creates = services.meetings, services.creates
     key = meeting_key(integration.name, meeting_id)
-    while (pending := meetings.creation_in_progress(key)) is not None:
+    while (pending := creates.in_progress(key)) is not None:
         await asyncio.shield(pending)
     # Several processes: one creates this meeting at a time, and each reads the others' outcome.
-    async with meetings.create_guard(key, services.config.backend_timeout_s * MAX_CREATE_ATTEMPTS):
+    async with creates.guard(key, services.config.backend_timeout_s * MAX_CREATE_ATTEMPTS):
         if meetings.cluster is not None:
             await meetings.refresh(integration.name, meeting_id)
         record = meetings.get(integration.name, meeting_id)
@@ -64,15 +64,15 @@ async def create(ctx: Context) -> Answer:
             if server is not None:
                 return await create_on(ctx, server, record)
         limit = integration.max_meetings
-        if limit is not None and meetings.count(integration.name) + meetings.creating(integration.name) >= limit:
+        if limit is not None and meetings.count(integration.name) + creates.creating(integration.name) >= limit:
             raise services.policy.refused(integration.name, "meetings", errors.permission_denied_meetings())
-        meetings.begin_creation(key)
+        creates.begin(key)
         created: MeetingRecord | None = None
         try:
             answer, created = await create_new(ctx)
             return answer
         finally:
-            meetings.end_creation(key, created)
+            creates.end(key, created)
 
 
 async def still_usable(ctx: Context, record: MeetingRecord) -> Server | None:
@@ -141,7 +141,7 @@ def free_voice_bridge(ctx: Context, server: Server) -> str:
 async def create_on(ctx: Context, server: Server, record: MeetingRecord) -> Answer:
     """A create for a meeting the LB already placed: the server answers with BBB's own semantics."""
     query, pending = create_query(ctx, server)
-    async with ctx.services.meetings.creation_lock(server.name, record.meeting_id):
+    async with ctx.services.creates.backend_lock(server.name, record.meeting_id):
         answer, root = await ctx.routed(server, query)
     if root is not None and is_success(root) and bbbxml.text_of(root, "messageKey") != "duplicateWarning":
         # The server had forgotten the meeting and created it again: a new session.
@@ -162,7 +162,7 @@ async def create_new(ctx: Context) -> tuple[Answer, MeetingRecord | None]:
     for server in placement.order:
         if attempts >= MAX_CREATE_ATTEMPTS:
             break
-        async with meetings.creation_lock(server.name, meeting_id):
+        async with ctx.services.creates.backend_lock(server.name, meeting_id):
             if server.name in meetings.holders_of(meeting_id, other_than=call.integration.name):
                 # Another integration placed this ID here while this create waited: one backend
                 # meeting per ID, so this one goes elsewhere.

@@ -9,7 +9,7 @@ from lxml import etree
 from lb_core import bbbxml, errors
 from lb_core.api import Answer
 from lb_core.calls import bbb_call
-from lb_core.config import IntegrationConfig
+from lb_core.config_sections import IntegrationConfig
 from lb_core.handlers.context import Context
 from lb_core.listings import owner_of
 from lb_core.recording_index import Query, recording_fields

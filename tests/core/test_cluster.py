@@ -11,7 +11,7 @@ import pytest
 
 from lb_core import cluster as cluster_module
 from lb_core.cluster import Cluster
-from lb_core.config import ServerConfig
+from lb_core.config_sections import ServerConfig
 from lb_core.meetings import MeetingRecord, MeetingRegistry
 from lb_core.pool import Server
 from lb_core.store_redis import RedisStore

@@ -67,7 +67,7 @@ def wait_up(lb: LB, *names: str) -> None:
 @pytest.fixture
 def admin_lb(lb_factory):  # type: ignore[no-untyped-def]
     def start(**kwargs: Any) -> LB:
-        lb = lb_factory(admin={"host": "127.0.0.1", "port": free_port(), "token": TOKEN}, **kwargs)
+        lb = lb_factory(admin={"host": "127.0.0.1", "port": 0, "token": TOKEN}, **kwargs)
         return wait_admin(lb)
 
     return start

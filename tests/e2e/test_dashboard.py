@@ -8,7 +8,7 @@ from pathlib import Path
 import lxml.html
 import pytest
 
-from tests.conftest import LB, free_port, http, require_chromium, wait_for
+from tests.conftest import LB, http, require_chromium, wait_for
 from tests.e2e.test_admin import TOKEN, admin_url, api_json, create, wait_admin
 
 SCREENSHOT = Path("/tmp/bbb-lb-dashboard.png")
@@ -42,7 +42,7 @@ def server_rows(dom: str) -> dict[str, dict[str, str]]:
 
 def test_dashboard_shows_servers_and_follows_a_failure(lb_factory, sim, tmp_path):
     lb: LB = wait_admin(lb_factory(servers=[0, 1, 2],
-                                   admin={"host": "127.0.0.1", "port": free_port(), "token": TOKEN}))
+                                   admin={"host": "127.0.0.1", "port": 0, "token": TOKEN}))
     wait_for(lambda: all(s["status"] == "up" for s in api_json(lb, "GET", "/api/servers")), 15,
              what="every server up")
     assert create(lb, "dashboard-room").field("returncode") == "SUCCESS"

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import LB, free_port, http, wait_for
+from tests.conftest import LB, http, wait_for
 from tests.e2e.test_admin import TOKEN, admin_url, api_json, create, server_of, wait_admin
 from tests.e2e.test_dashboard import chromium
 
@@ -52,7 +52,7 @@ def colour_pixels(image: Image.Image, colour: tuple[int, int, int], tolerance: i
 def test_a_minute_of_traffic_is_drawn_one_line_per_server_busiest_highest(lb_factory, sim, tmp_path):
     lb: LB = wait_admin(lb_factory(
         servers=[0, 1, 2],
-        admin={"host": "127.0.0.1", "port": free_port(), "token": TOKEN, "series_resolution_s": 0.5,
+        admin={"host": "127.0.0.1", "port": 0, "token": TOKEN, "series_resolution_s": 0.5,
                "series_points": 240},
         balancer={"meeting_size": 1},  # a fresh meeting weighs one participant: creates spread over the three
         integrations=[{"name": "moodle", "secret": MOODLE_SECRET, "max_meetings": 3, "max_participants": 10}]))

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lb_core import checksum
 from lb_core.store_tinydb import TinyDbStore
-from tests.conftest import LB, REPO, free_port, http, wait_for
+from tests.conftest import LB, REPO, http, wait_for
 from tests.e2e.test_admin import TOKEN, admin_url, create, wait_admin
 
 DEPLOY = REPO / "scripts" / "deploy"
@@ -64,7 +64,7 @@ def queries(dashboard: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def test_every_metric_the_grafana_dashboard_queries_is_in_a_real_metrics_answer(lb_factory):
     lb = wait_admin(lb_factory(
-        servers=[0, 1], admin={"host": "127.0.0.1", "port": free_port(), "token": TOKEN},
+        servers=[0, 1], admin={"host": "127.0.0.1", "port": 0, "token": TOKEN},
         integrations=[{"name": "moodle", "secret": MOODLE_SECRET, "max_meetings": 1, "max_participants": 5}]))
     wait_for(lambda: http(admin_url(lb) + "/health").status == 200, 15, what="the servers to be polled")
     # Traffic, so every labelled family has samples: a create, a join, a refusal by a limit, a FAILED call.

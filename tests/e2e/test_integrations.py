@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 import jwt
 import pytest
 
-from tests.conftest import free_port, http, wait_for
+from tests.conftest import http, wait_for
 
 INTEGRATIONS = [
     {"name": "moodle", "secret": "moodle-secret", "previous_secret": "moodle-old-secret"},
@@ -153,7 +153,7 @@ class Receiver:
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    state = Receiver(free_port())
+    state = Receiver(0)  # its port once bound
 
     class Handler(http_server.BaseHTTPRequestHandler):
         def _record(self, method: str) -> None:
@@ -175,7 +175,8 @@ def receiver() -> Iterator[Receiver]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http_server.ThreadingHTTPServer(("127.0.0.1", state.port), Handler)
+    server = http_server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield state

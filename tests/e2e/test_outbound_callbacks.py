@@ -15,9 +15,10 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from lb_core.config import CallbacksConfig, ConfigError, parse
+from lb_core.config import ConfigError, parse
+from lb_core.config_sections import CallbacksConfig
 from lb_core.outbound import OutboundClient, TargetPolicy, TargetRefused
-from tests.conftest import LB, free_port, wait_for
+from tests.conftest import LB, wait_for
 
 LOOPBACK = ["127.0.0.0/8"]
 LOOPBACK_TUPLE = ("127.0.0.0/8",)
@@ -39,7 +40,7 @@ class Receiver:
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    state = Receiver(free_port())
+    state = Receiver(0)  # its port once bound
 
     class Handler(http_server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
@@ -54,7 +55,8 @@ def receiver() -> Iterator[Receiver]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http_server.ThreadingHTTPServer(("127.0.0.1", state.port), Handler)
+    server = http_server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.port = server.server_address[1]
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield state

@@ -12,7 +12,7 @@ import lxml.html
 import pytest
 from bigbluebutton_api_python import BigBlueButton
 
-from tests.conftest import REPO, free_port, http, wait_for
+from tests.conftest import REPO, http, wait_for
 from tests.e2e.test_admin import TOKEN, admin_url, api, api_json, cli, wait_admin
 from tests.e2e.test_dashboard import chromium
 
@@ -32,7 +32,7 @@ def create_query(sim, meeting_id: str) -> dict[str, str]:
 @pytest.fixture
 def rules_lb(lb_factory):  # type: ignore[no-untyped-def]
     return wait_admin(lb_factory(
-        servers=[0], admin={"host": "127.0.0.1", "port": free_port(), "token": TOKEN},
+        servers=[0], admin={"host": "127.0.0.1", "port": 0, "token": TOKEN},
         rules={"join": {"userdata-bbb_auto_join_audio": {"default": "true"}}},
         integrations=[{"name": "moodle", "secret": MOODLE_SECRET, "max_participants": 2, "max_duration_minutes": 30,
                        "rules": {"create": {"record": {"override": False},

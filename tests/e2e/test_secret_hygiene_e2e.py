@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mitmproxy import io
 
-from tests.conftest import LB, Simulator, free_port, http, make_lb, wait_for
+from tests.conftest import LB, Simulator, http, make_lb, wait_for
 
 TOKEN = "h" * 24
 LISTING = (b"<response><returncode>SUCCESS</returncode><meetings/><messageKey>noMeetings</messageKey>"
@@ -26,7 +26,6 @@ class BrokenBackend:
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.break_polls = False
-        self.port = free_port()
         backend = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -50,7 +49,8 @@ class BrokenBackend:
                     except OSError:
                         pass
 
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Handler)
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -76,7 +76,7 @@ def test_no_checksum_in_log_admin_api_or_flows(tmp_path: Path, sim: Simulator, b
     sim.reset()
     capture = tmp_path / "capture.flows"
     lb: LB = make_lb(tmp_path, sim, servers=[],
-                     admin={"host": "127.0.0.1", "port": free_port(), "token": TOKEN},
+                     admin={"host": "127.0.0.1", "port": 0, "token": TOKEN},
                      monitor={"interval_s": 0.3, "timeout_s": 1.0, "down_after": 1, "up_after": 1},
                      backend={"timeout_s": 1.0, "connect_timeout_s": 0.5})
     lb.config["servers"] = [b.spec for b in broken]

@@ -20,7 +20,7 @@ TIMEOUT_S = 60
 
 def config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     data: dict[str, Any] = {
-        "listen": {"host": "127.0.0.1", "port": free_port()},
+        "listen": {"host": "127.0.0.1", "port": 0},
         "secret": "lb-secret",
         "servers": [{"name": "bbb1", "url": f"http://127.0.0.1:{free_port()}/bigbluebutton/", "secret": "s1"}],
         "store": {"path": str(tmp_path / "lb.json")},

@@ -10,11 +10,14 @@ from __future__ import annotations
 import base64
 import json
 import re
+import socket
 from http.client import HTTPConnection
 from pathlib import Path
 
+import pytest
+
 from addons.webauth import mitmweb_has_password
-from tests.conftest import HttpReply, Simulator, free_port, http, make_lb, wait_for
+from tests.conftest import LB, HttpReply, Simulator, free_port, http, make_lb, wait_for
 
 PASSWORD = "pw123456789"
 NATIVE = mitmweb_has_password()
@@ -45,12 +48,31 @@ def websocket_handshake(port: int, headers: dict[str, str]) -> int:
         connection.close()
 
 
+def start_with_web_ui(lb: LB, attempts: int = 5) -> int:
+    """Start ``lb`` with mitmweb's UI; its port. mitmweb cannot bind port 0 and tell which port it got
+    (its web server keeps no handle on its socket), so a free port is picked here, and should another
+    process take it before bbb-lb binds it, the start is tried again on another."""
+    for _ in range(attempts):
+        web_port = free_port()
+        lb.extra_args = ["--web", "--web-port", str(web_port), "--web-password", PASSWORD]
+        logged = len(lb.log()) if lb.log_path.exists() else 0
+        try:
+            lb.start()
+            return web_port
+        except AssertionError:
+            if lb.process is None or lb.process.poll() is None:
+                raise
+            said = lb.log()[logged:]
+            if f":{web_port}" not in said or "in use" not in said.lower():
+                raise
+            lb.process = None  # it exited: the web port was taken meanwhile
+    raise AssertionError(f"no free port for mitmweb in {attempts} attempts")
+
+
 def test_web_ui_needs_the_password(tmp_path: Path, sim: Simulator) -> None:
     sim.reset()
-    web_port = free_port()
     lb = make_lb(tmp_path, sim)
-    lb.extra_args = ["--web", "--web-port", str(web_port), "--web-password", PASSWORD]
-    lb.start()
+    web_port = start_with_web_ui(lb)
     web = f"http://127.0.0.1:{web_port}"
     try:
         root = wait_for(lambda: _reachable(web + "/"), what="the web UI")
@@ -123,3 +145,25 @@ def _reachable(url: str):  # type: ignore[no-untyped-def]
         return http(url, timeout=1)
     except OSError:
         return None
+
+
+def test_web_ui_start_tries_another_port_when_its_port_is_taken(tmp_path: Path, sim: Simulator,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import tests.e2e.test_web as here
+
+    sim.reset()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        ports = iter([taken])
+        picked = here.free_port
+        monkeypatch.setattr(here, "free_port", lambda: next(ports, None) or picked())
+        lb = make_lb(tmp_path, sim)
+        web_port = start_with_web_ui(lb)
+        try:
+            assert web_port != taken
+            assert f"127.0.0.1:{taken} (--web-port)" in lb.log()  # the first try, given up
+            assert wait_for(lambda: _reachable(f"http://127.0.0.1:{web_port}/"), what="the web UI").status == DENIED
+        finally:
+            lb.stop()

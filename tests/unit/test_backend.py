@@ -5,7 +5,7 @@ from aiohttp import web
 
 from lb_core import checksum
 from lb_core.backend import BackendClient, BackendError
-from lb_core.config import ServerConfig
+from lb_core.config_sections import ServerConfig
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 from collections import Counter
 
-from lb_core.balancer import distance_km, place
-from lb_core.config import BalancerConfig, MonitorConfig, ServerConfig
+from lb_core.balancer import distance_km, load, place, predicted_load
+from lb_core.config_sections import BalancerConfig, MonitorConfig, ServerConfig
 from lb_core.pool import DisableState, MeetingLoad, Pool, Status
 
 BALANCER = BalancerConfig()
@@ -41,14 +41,14 @@ def test_real_participants_replace_the_prediction():
     pool = pool_of(2)
     s1, s2 = pool.get("s1"), pool.get("s2")
     s1.note_create("big", 1000.0)
-    assert s1.load(BALANCER, 1000.0) == 1 + 15  # one meeting plus its expected size
+    assert load(s1, BALANCER, 1000.0) == 1 + 15  # one meeting plus its expected size
     s1.record_poll_success({"big": MeetingLoad(participants=40, voice=10, video=4)}, MONITOR, 1001.0, BALANCER)
-    assert s1.load(BALANCER, 1001.0) == 1 + 40 + 5 + 4
+    assert load(s1, BALANCER, 1001.0) == 1 + 40 + 5 + 4
     assert place(pool, BALANCER, 1001.0).order[0] is s2
     # The expectation fades out over the warm-up time.
     s2.note_create("new", 1001.0)
-    assert s2.predicted_load(BALANCER, 1001.0 + 450) == 7.5
-    assert s2.predicted_load(BALANCER, 1001.0 + 900) == 0
+    assert predicted_load(s2, BALANCER, 1001.0 + 450) == 7.5
+    assert predicted_load(s2, BALANCER, 1001.0 + 900) == 0
 
 
 def test_exclusions_and_reasons():

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from addons import cli
-from lb_core import config
+from lb_core import config, config_sections, config_types
 from lb_core.controls import stored_server
 
 SERVER = {"name": "bbb1", "url": "https://bbb1.example.org", "secret": "x"}
@@ -21,7 +21,7 @@ def problems(data: object) -> list[str]:
 
 
 SECTIONS = [name for name, field in config.Config.model_fields.items()
-            if isinstance(field.annotation, type) and issubclass(field.annotation, config.Model)]
+            if isinstance(field.annotation, type) and issubclass(field.annotation, config_types.Model)]
 
 
 def test_every_section_is_a_model_and_refuses_unknown_keys():
@@ -137,7 +137,7 @@ def test_hot_path_reads_are_plain_attribute_reads():
 
 
 def test_admin_bodies_use_the_same_models():
-    server = config.parse_request(config.ServerConfig, {"name": "x", "url": "http://h", "secret": "s"})
+    server = config_types.parse_request(config_sections.ServerConfig, {"name": "x", "url": "http://h", "secret": "s"})
     assert server.url == "http://h/bigbluebutton/"
     for body, message in [
         ({"name": "x", "url": "ftp://h", "secret": "s"}, "url: must be an http(s) URL, got 'ftp://h'"),
@@ -148,17 +148,17 @@ def test_admin_bodies_use_the_same_models():
         ([1], "the request body must be a JSON object"),
     ]:
         with pytest.raises(config.ConfigError) as error:
-            config.parse_request(config.ServerConfig, body)
+            config_types.parse_request(config_sections.ServerConfig, body)
         assert str(error.value) == message
 
 
 def test_admin_partial_change_keeps_current_values_and_null_clears():
-    current = config.IntegrationConfig(name="i", secret="new", previous_secret="old", max_meetings=3)
-    changed = config.parse_request(config.IntegrationConfig, {"name": "i", "previous_secret": None, "enabled": False},
+    current = config_sections.IntegrationConfig(name="i", secret="new", previous_secret="old", max_meetings=3)
+    changed = config_types.parse_request(config_sections.IntegrationConfig, {"name": "i", "previous_secret": None, "enabled": False},
                                    defaults=current.model_dump())
     assert (changed.secrets, changed.enabled, changed.max_meetings) == (("new",), False, 3)
     with pytest.raises(config.ConfigError, match="^secret: is required$"):
-        config.parse_request(config.IntegrationConfig, {"name": "j"})
+        config_types.parse_request(config_sections.IntegrationConfig, {"name": "j"})
 
 
 def test_servers_saved_by_older_versions_still_load():

@@ -68,7 +68,7 @@ async def test_events_are_reloaded_from_the_store(tmp_path):
     await store.open()
     again = EventLog(store, retention_days=0)
     await again.load()
-    again.CACHED_PARTITIONS = 2
+    again.partitions.capacity = 2
     found = await again.query("default", EventQuery(limit=100))
     assert [e.meeting_id for e in found] == [f"m{i}" for i in reversed(range(10))]
     assert all(len(e.users) == 2 and e.ended_at for e in found)

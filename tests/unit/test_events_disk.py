@@ -34,7 +34,7 @@ async def test_memory_stays_bounded_as_meetings_come_and_go(tmp_path):
     registry = MeetingRegistry(store)
     events = EventLog(store)
     events.PARTITION_SIZE = 50
-    events.CACHED_PARTITIONS = 3
+    events.partitions.capacity = 3
     await events.load()
     gc.collect()
     before = live_meeting_events()
@@ -57,9 +57,9 @@ async def test_memory_stays_bounded_as_meetings_come_and_go(tmp_path):
     gc.collect()
     assert len(registry) == 0
     assert not registry._meetings and not registry._by_server and not registry._by_meeting_id
-    assert not registry._voice_bridges and not registry._creating and not registry._backend_locks
+    assert not registry._voice_bridges
     assert await store.all("meetings") == {}
-    bound = events.CACHED_PARTITIONS * events.PARTITION_SIZE
+    bound = events.partitions.capacity * events.PARTITION_SIZE
     assert events.cached_events() <= bound
     assert live_meeting_events() - before <= bound
     assert len(events) == 2000
@@ -99,7 +99,7 @@ async def test_a_restart_reads_the_index_not_the_history(tmp_path):
     store.read_events = counting_read  # type: ignore[method-assign]
     again = EventLog(store)
     again.PARTITION_SIZE = 10
-    again.CACHED_PARTITIONS = 1  # no warming in the background: every read below is a query's
+    again.partitions.capacity = 1  # no warming in the background: every read below is a query's
     await again.load()
     assert read == ["00000010"]  # only the partition still being filled
     assert len(again) == 95
@@ -138,7 +138,7 @@ async def test_queries_over_partitions_match_a_plain_scan(tmp_path):
     store = await open_store(tmp_path)
     events = EventLog(store, retention_days=0)
     events.PARTITION_SIZE = 7
-    events.CACHED_PARTITIONS = 2
+    events.partitions.capacity = 2
     await events.load()
     base = int(datetime(2024, 3, 1, tzinfo=UTC).timestamp() * 1000)
     plain: list[list] = []  # integration, meeting ID, created, users, ended, event ID
@@ -221,7 +221,7 @@ async def test_joins_recorded_while_a_partition_is_read_count_once(tmp_path):
     store = await open_store(tmp_path)
     events = EventLog(store)
     events.PARTITION_SIZE = 1
-    events.CACHED_PARTITIONS = 1
+    events.partitions.capacity = 1
     await events.load()
     now = int(time.time() * 1000)
     first = events.created(integration="default", meeting_id="old", name="", at=now - 10, server_name="s",

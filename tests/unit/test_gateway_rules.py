@@ -16,6 +16,7 @@ from lb_core.handlers import CALLS, allowed_methods
 from lb_core.handlers.context import Context, Services, is_internal_meeting_id
 from lb_core.integrations import Integrations
 from lb_core.lru import LruCache
+from lb_core.meeting_creates import CreateCoordinator
 from lb_core.meetings import MeetingRecord, MeetingRegistry
 from lb_core.pool import Pool
 from lb_core.query import RawQuery
@@ -145,11 +146,11 @@ async def _end_confirmation(tmp_path: Path, answer: Any, ended: bool) -> None:
 
 
 def test_creates_of_one_backend_id_on_one_server_run_one_at_a_time(tmp_path: Path) -> None:
-    meetings = MeetingRegistry(TinyDbStore(str(tmp_path / "lb.json")))
+    creates = CreateCoordinator(MeetingRegistry(TinyDbStore(str(tmp_path / "lb.json"))))
     order: list[str] = []
 
     async def create(who: str, server: str) -> None:
-        async with meetings.creation_lock(server, "room"):
+        async with creates.backend_lock(server, "room"):
             order.append(f"{who}+")
             await asyncio.sleep(0.01)
             order.append(f"{who}-")
@@ -160,7 +161,7 @@ def test_creates_of_one_backend_id_on_one_server_run_one_at_a_time(tmp_path: Pat
     asyncio.run(main())
     assert order.index("a-") < order.index("b+")  # one after the other on bbb1
     assert order.index("c+") < order.index("a-")  # another server is not held up
-    assert meetings._backend_locks == {}  # nothing kept once no one waits
+    assert creates._backend_locks == {}  # nothing kept once no one waits
 
 
 def test_the_is_meeting_running_cache_is_bounded_and_forgets_ended_meetings(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lb_core.config import ServerConfig
+from lb_core.config_sections import ServerConfig
 from lb_core.geo import ALPHA3, GeoError, GeoLocator, empty_geoloc, fill_geoloc, fill_server_geoloc, resolve
 from lb_core.pool import Server
 from tests import geodb

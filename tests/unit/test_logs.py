@@ -103,3 +103,37 @@ def test_the_caller_only_queues_the_record() -> None:
     handler.handle(record)
     queued = records.get_nowait()
     assert queued is record and queued.args == ("join", 1.25) and not hasattr(queued, "message")
+
+
+def test_a_put_does_not_wake_the_listener(stream: RecordingStream) -> None:
+    """The listener sleeps between polls instead of blocking on the queue, so a log call never hands the
+    GIL to it (the per-record wake-up cost the event loop more than the formatting)."""
+    listener = logs._listener
+    assert isinstance(listener, logs.PollingQueueListener)
+    records: queue.SimpleQueue[object] = queue.SimpleQueue()
+    polling = logs.PollingQueueListener(records)
+    with pytest.raises(queue.Empty):
+        polling.dequeue(block=False)
+    records.put("record")
+    assert polling.dequeue(block=True) == "record"
+
+
+def test_per_call_lines_reach_only_our_queue(stream: RecordingStream) -> None:
+    """mitmproxy's root handlers (its add_log events, mitmweb's event store) do not see the per-call lines:
+    each one would cost an event-loop wake-up and an addon hook."""
+    seen: list[str] = []
+
+    class RootHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.name)
+
+    root = logging.getLogger()
+    other = RootHandler()
+    root.addHandler(other)
+    try:
+        logging.getLogger(logs.ACCESS_LOGGER).info("call=%s", "join")
+        logging.getLogger("bbb_lb.store").warning("a warning")
+        wait_for(lambda: "call=join" in stream.text and "a warning" in stream.text, what="both lines")
+    finally:
+        root.removeHandler(other)
+    assert seen == ["bbb_lb.store"]

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lb_core.api import Answer
-from lb_core.config import BalancerConfig, ServerConfig
+from lb_core.config_sections import BalancerConfig, ServerConfig
 from lb_core.metrics import MAX_SERIES, RECENT_CALLS, LbMetrics
 from lb_core.pool import DisableState, Pool, Status
 from lb_core.trace import Handled, Trace

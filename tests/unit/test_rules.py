@@ -1,4 +1,4 @@
-"""lb_core.rules on its own: parsing and validating rules, rewriting raw queries, counting participants."""
+"""lb_core.rules, rules_rewrite and policy on their own: parsing rules, rewriting raw queries, counting participants."""
 
 from __future__ import annotations
 
@@ -6,17 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lb_core.policy import ParticipantCounter, Policy
 from lb_core.query import RawQuery
-from lb_core.rules import (
-    EMPTY,
-    ParticipantCounter,
-    Policy,
-    Rule,
-    RuleError,
-    apply,
-    effective,
-    parse_rules,
-)
+from lb_core.rules import EMPTY, Rule, RuleError, effective, parse_rules
+from lb_core.rules_rewrite import apply
 
 
 def rewrite(rules: dict, query: str, form: str | None = None, call: str = "create"):
@@ -198,7 +191,7 @@ def test_only_ruled_parameters_change_and_a_second_pass_changes_nothing(parts, r
 
 
 def test_the_policy_follows_changed_integrations_and_global_rules():
-    from lb_core.config import IntegrationConfig
+    from lb_core.config_sections import IntegrationConfig
 
     policy = Policy(parse_rules({"create": {"welcome": {"default": "G"}}}))
     moodle = IntegrationConfig(name="moodle", secret="s" * 8, max_duration_minutes=30)

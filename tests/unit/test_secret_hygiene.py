@@ -15,7 +15,8 @@ from addons.annotate import Annotate
 from addons.lb import BbbLoadBalancer
 from lb_core.api import Answer
 from lb_core.backend import BackendClient, BackendError
-from lb_core.config import MonitorConfig, ServerConfig, parse
+from lb_core.config import parse
+from lb_core.config_sections import MonitorConfig, ServerConfig
 from lb_core.meetings import MeetingRegistry
 from lb_core.monitor import Monitor
 from lb_core.pool import Pool

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lb_core.api import Answer
-from lb_core.config import ServerConfig
+from lb_core.config_sections import ServerConfig
 from lb_core.errors import checksum_mismatch
 from lb_core.metrics import LbMetrics
 from lb_core.pool import Pool

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from addons.limits import UPLOAD_BURST_S, UploadThrottle
-from lb_core.config import RecordingsConfig
+from lb_core.config_sections import RecordingsConfig
 
 
 def test_no_limit_never_pauses() -> None:
