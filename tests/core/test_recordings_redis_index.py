@@ -40,3 +40,22 @@ async def test_the_sync_and_the_purge_of_one_process_reach_the_other(tmp_path: P
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_a_process_that_missed_notices_reads_the_whole_index_again(tmp_path: Path, sim: Sim,
+                                                                          redis_server: RedisServer,
+                                                                          redis_prefix: str) -> None:
+    """Notices sent while a process was cut off from Redis are lost: on resubscribing (``all``) it reloads."""
+    config = lb_config_for(tmp_path, sim.servers[:2],
+                           store={"backend": "redis", "url": redis_server.url, "prefix": redis_prefix})
+    a = await CoreLB(config, lambda: RedisStore(redis_server.url, redis_prefix)).start()
+    try:
+        index = a.lb.recordings.index
+        await a.lb.store.put("recordings", "rec-quiet", {"record_id": "rec-quiet", "integration": "default",
+                                                        "meeting_id": "room", "state": "published", "metadata": {}})
+        assert index.get("rec-quiet") is None  # written with no notice
+        await a.lb._changed_elsewhere("all", "")
+        assert index.get("rec-quiet") is not None
+        assert ids(await a.call("getRecordings", {"recordID": "rec-q"})) == ["rec-quiet"]
+    finally:
+        await a.stop()
