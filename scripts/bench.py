@@ -835,8 +835,10 @@ async def import_forever(admin_url: str, token: str, archive: Path, stop_after: 
             async with session.post(f"{admin_url}/api/recordings/imports", json={"path": str(archive)},
                                     headers=headers) as resp:
                 job = await resp.json()
-            while job.get("state") == "running":
-                await asyncio.sleep(0.05)
+            delay = 0.05
+            while job.get("state") == "running":  # asked after as `bbb-lb recordings import` does
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
                 async with session.get(f"{admin_url}/api/recordings/imports/{job['job']}", headers=headers) as resp:
                     job = await resp.json()
             imports += 1
