@@ -74,10 +74,9 @@ class Dashboard:
 
     async def data(self, request: web.Request) -> web.Response:
         lb = self.running.lb()
-        controls = self.running.controls()
         return json_response({"time": time.time(), "status": await with_nodes(lb),
-                              "servers": controls.list_servers(),
-                              "integrations": controls.list_integrations(),
+                              "servers": self.running.server_controls().list_servers(),
+                              "integrations": self.running.integration_controls().list_integrations(),
                               "recent": self.metrics.recent_calls(),
                               "recordings": lb.recordings.status() if lb.recordings is not None else None})
 

@@ -115,9 +115,9 @@ class Series:
 
     @staticmethod
     def _integration_values(lb: LoadBalancer | None) -> Iterable[tuple[tuple[str, str], float | None]]:
-        if lb is None or lb.controls is None:
+        if lb is None or lb.integration_controls is None:
             return
-        for integration in lb.controls.list_integrations():  # what bbb_lb_integration_* read
+        for integration in lb.integration_controls.list_integrations():  # what bbb_lb_integration_* read
             for field in INTEGRATION_FIELDS:
                 yield (integration["name"], field), integration[field]
 
