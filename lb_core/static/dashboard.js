@@ -8,7 +8,8 @@ const REFRESH_MS = 2000;
 const STATES = { 0: "enabled", 1: "disabled", 3: "auto" };
 const OK_RESULTS = new Set(["SUCCESS", "redirect", "successfullyJoined", "200"]);
 let heldSeries = null; // the plots' window as the page holds it
-const seriesAnswers = { full: 0, since: 0 }; // shown on #plots as data-full-answers / data-since-answers
+// Shown on #plots: answers of the whole window, answers of new points only, and the points these brought.
+const seriesAnswers = { full: 0, since: 0, sincePoints: 0 };
 
 function cell(text, className) {
   const td = document.createElement("td");
@@ -187,10 +188,12 @@ async function refresh() {
     const answer = await seriesResponse.json();
     heldSeries = window.bbbPlots.mergeSeries(heldSeries, answer);
     seriesAnswers[answer.full ? "full" : "since"] += 1;
+    if (!answer.full) seriesAnswers.sincePoints += answer.times.length;
     window.bbbPlots.renderPlots(heldSeries);
     const plots = document.getElementById("plots");
     plots.dataset.fullAnswers = String(seriesAnswers.full);
     plots.dataset.sinceAnswers = String(seriesAnswers.since);
+    plots.dataset.sincePoints = String(seriesAnswers.sincePoints);
     renderSummary(data.status);
     renderNodes(data.status);
     renderServers(data.servers);
