@@ -1,8 +1,9 @@
 """One running load balancer: its parts built in dependency order, started and stopped together.
 
 What operators change at run time is ``lb.server_controls``, ``lb.integration_controls`` and
-``lb.rule_controls`` (``lb_core/controls.py``); several processes on one Redis store keep each other in step
-through ``change_relay.ChangeRelay``; what follows each poll is ``poll_followup.PollFollowUp``.
+``lb.rule_controls`` (``controls_servers``, ``controls_integrations``, ``controls_rules``); several processes
+on one Redis store keep each other in step through ``change_relay.ChangeRelay``; what follows each poll is
+``poll_followup.PollFollowUp``.
 """
 
 from __future__ import annotations
