@@ -1,7 +1,9 @@
-"""/api/servers, /api/integrations and /api/rules: operators' changes, each handed to ``controls.Controls``.
+"""/api/servers, /api/integrations and /api/rules: operators' changes, each handed to its controls
+(``ServerControls``, ``IntegrationControls``, ``RuleControls``).
 
-The bodies are validated with the config's own models: a server added is a ``ServerConfig``, an
-integration an ``IntegrationConfig`` (both by ``Controls``), the small action bodies below.
+The bodies are validated with the config's own models: a server added is a ``ServerConfig`` (by
+``ServerControls``), an integration an ``IntegrationConfig`` (by ``IntegrationControls``), the small action
+bodies below.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from aiohttp import web
 
 from lb_core.admin_http import BadRequest, Route, Routes, json_response, read_object
 from lb_core.config_types import Flag, Model, parse_request
+from lb_core.controls_integrations import IntegrationControls
+from lb_core.controls_rules import RuleControls
+from lb_core.controls_servers import ServerControls
 
 
 class StateBody(Model):
@@ -43,29 +48,31 @@ class ServerRoutes(Routes):
             ("POST", "/api/servers/{name}/panic", self.panic),
         ]
 
+    def servers(self) -> ServerControls:
+        return self.running.server_controls()
+
     async def list_all(self, request: web.Request) -> web.Response:
-        return json_response(self.running.controls().list_servers())
+        return json_response(self.servers().list_servers())
 
     async def add(self, request: web.Request) -> web.Response:
         # Validated by the service with the config's own ServerConfig model.
         spec = read_object(await request.read())
-        return json_response(await self.running.controls().add_server(spec), 201)
+        return json_response(await self.servers().add_server(spec), 201)
 
     async def remove(self, request: web.Request) -> web.Response:
-        return json_response(await self.running.controls().remove_server(request.match_info["name"]))
+        return json_response(await self.servers().remove_server(request.match_info["name"]))
 
     async def set_state(self, request: web.Request) -> web.Response:
         body = parse_request(StateBody, read_object(await request.read()))
-        return json_response(await self.running.controls().set_state(request.match_info["name"], body.state))
+        return json_response(await self.servers().set_state(request.match_info["name"], body.state))
 
     async def drain(self, request: web.Request) -> web.Response:
         parse_request(EmptyBody, read_object(await request.read()))
-        return json_response(await self.running.controls().drain(request.match_info["name"]))
+        return json_response(await self.servers().drain(request.match_info["name"]))
 
     async def panic(self, request: web.Request) -> web.Response:
         body = parse_request(PanicBody, read_object(await request.read()))
-        return json_response(await self.running.controls().panic(request.match_info["name"],
-                                                                 keep_state=body.keep_state))
+        return json_response(await self.servers().panic(request.match_info["name"], keep_state=body.keep_state))
 
 
 class IntegrationRoutes(Routes):
@@ -78,8 +85,11 @@ class IntegrationRoutes(Routes):
             ("DELETE", "/api/integrations/{name}", self.remove),
         ]
 
+    def integrations(self) -> IntegrationControls:
+        return self.running.integration_controls()
+
     async def list_all(self, request: web.Request) -> web.Response:
-        return json_response(self.running.controls().list_integrations())
+        return json_response(self.integrations().list_integrations())
 
     async def put(self, request: web.Request) -> web.Response:
         # Validated by the service with the config's IntegrationConfig model, merged with the current values.
@@ -87,10 +97,10 @@ class IntegrationRoutes(Routes):
         name = request.match_info["name"]
         if spec.get("name", name) != name:
             raise BadRequest("name: must be the name in the URL")
-        return json_response(await self.running.controls().put_integration({**spec, "name": name}))
+        return json_response(await self.integrations().put_integration({**spec, "name": name}))
 
     async def remove(self, request: web.Request) -> web.Response:
-        return json_response(await self.running.controls().remove_integration(request.match_info["name"]))
+        return json_response(await self.integrations().remove_integration(request.match_info["name"]))
 
 
 class RuleRoutes(Routes):
@@ -109,17 +119,19 @@ class RuleRoutes(Routes):
             ("DELETE", "/api/rules", self.reset),
         ]
 
+    def rules(self) -> RuleControls:
+        return self.running.rule_controls()
+
     async def get(self, request: web.Request) -> web.Response:
-        return json_response(self.running.controls().rules_of(request.match_info.get("name")))
+        return json_response(self.rules().rules_of(request.match_info.get("name")))
 
     async def put(self, request: web.Request) -> web.Response:
         body = read_object(await request.read())
-        return json_response(await self.running.controls().change_rules(request.match_info.get("name"), body,
-                                                                        replace=True))
+        return json_response(await self.rules().change_rules(request.match_info.get("name"), body, replace=True))
 
     async def patch(self, request: web.Request) -> web.Response:
         body = read_object(await request.read())
-        return json_response(await self.running.controls().change_rules(request.match_info.get("name"), body))
+        return json_response(await self.rules().change_rules(request.match_info.get("name"), body))
 
     async def reset(self, request: web.Request) -> web.Response:
-        return json_response(await self.running.controls().reset_global_rules())
+        return json_response(await self.rules().reset_global_rules())

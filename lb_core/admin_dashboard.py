@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from pathlib import Path
 
 from aiohttp import web
 
 from lb_core.admin_auth import COOKIE, AdminAuth
-from lb_core.admin_http import Route, Running, json_response
+from lb_core.admin_http import BadRequest, Route, Running, json_response
 from lb_core.admin_status import with_nodes
 from lb_core.metrics import LbMetrics
 from lb_core.series import Series
@@ -28,6 +29,20 @@ DASHBOARD_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; conne
                  "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 UNAUTHORISED_PAGE = (b"<!doctype html><meta charset=utf-8><title>bbb-lb: sign in</title>"
                      b"<p>Open <code>/dashboard?token=&lt;admin.token&gt;</code> to see the dashboard.</p>")
+
+
+SINCE = re.compile(r"\d{1,15}(\.\d{1,17})?")  # a time of /api/series: Unix seconds, as its "times" give them
+
+
+def since_of(request: web.Request) -> float | None:
+    """The ``since`` of /api/series, if given: one time in Unix seconds, else a 400 naming the parameter."""
+    given = request.query.getall("since", [])
+    if not given:
+        return None
+    if len(given) > 1 or not SINCE.fullmatch(given[0]):
+        raise BadRequest("since: must be one time in Unix seconds (a number such as 1764460800.5), "
+                         "the last of the times already held")
+    return float(given[0])
 
 
 class Dashboard:
@@ -74,19 +89,19 @@ class Dashboard:
 
     async def data(self, request: web.Request) -> web.Response:
         lb = self.running.lb()
-        controls = self.running.controls()
         return json_response({"time": time.time(), "status": await with_nodes(lb),
-                              "servers": controls.list_servers(),
-                              "integrations": controls.list_integrations(),
+                              "servers": self.running.server_controls().list_servers(),
+                              "integrations": self.running.integration_controls().list_integrations(),
                               "recent": self.metrics.recent_calls(),
                               "recordings": lb.recordings.status() if lb.recordings is not None else None})
 
     async def series_data(self, request: web.Request) -> web.Response:
         """The plots' history: per server load, participants and meetings; per call the answers and FAILED
         answers per second (``rate(bbb_lb_requests_total[resolution])``); per integration its meetings and
-        participants beside its limits. Each list is one value per entry of ``times``, oldest first."""
+        participants beside its limits. Each list is one value per entry of ``times``, oldest first.
+        ``?since=<time>``: only the points after that time (see ``Series.snapshot``)."""
         self.running.lb()
-        return json_response(self.series.snapshot())
+        return json_response(self.series.snapshot(since_of(request)))
 
     async def tick_series(self) -> None:
         """Close a bucket of the plots' series on every step of the resolution's wall-clock grid (run as a task)."""

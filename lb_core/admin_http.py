@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from lb_core.config_types import ConfigError
-from lb_core.controls import ControlError, Controls, NotFound
+from lb_core.controls import ControlError, NotFound
+from lb_core.controls_integrations import IntegrationControls
+from lb_core.controls_rules import RuleControls
+from lb_core.controls_servers import ServerControls
 from lb_core.recording_service import Recordings
 from lb_core.service import LoadBalancer
 
@@ -23,6 +26,7 @@ log = logging.getLogger("bbb_lb.admin")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Route = tuple[str, str, Handler]  # method, path, handler
+T = TypeVar("T")
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -88,17 +92,25 @@ class Running:
             raise web.HTTPServiceUnavailable(reason="bbb-lb is not running")
         return lb
 
-    def controls(self) -> Controls:
-        controls = self.lb().controls
-        if controls is None:
-            raise web.HTTPServiceUnavailable(reason="bbb-lb is not running")
-        return controls
+    def server_controls(self) -> ServerControls:
+        return self._started(self.lb().server_controls)
+
+    def integration_controls(self) -> IntegrationControls:
+        return self._started(self.lb().integration_controls)
+
+    def rule_controls(self) -> RuleControls:
+        return self._started(self.lb().rule_controls)
 
     def recordings(self) -> Recordings:
-        recordings = self.lb().recordings
-        if recordings is None:
+        return self._started(self.lb().recordings)
+
+    @staticmethod
+    def _started(part: T | None) -> T:
+        """A part built once the LB runs, or 503 until then."""
+        if part is None:
             raise web.HTTPServiceUnavailable(reason="bbb-lb is not running")
-        return recordings
+        return part
+
 
 
 class Routes:

@@ -29,9 +29,9 @@ def stored_integration(name: str, doc: dict[str, Any]) -> IntegrationConfig:
 
 class Integrations:
     def __init__(self, configured: list[IntegrationConfig] | tuple[IntegrationConfig, ...],
-                 store: Store | None = None) -> None:
+                 store: Store | None = None, on_change: Callable[[str, str], Awaitable[None]] | None = None) -> None:
         self.store = store
-        self.on_change: Callable[[str, str], Awaitable[None]] | None = None  # tells the other processes
+        self.on_change = on_change  # tells the other processes on the same store
         self._items: list[IntegrationConfig] = []
         self._by_name: dict[str, IntegrationConfig] = {}
         # (secret, integration) for every accepted secret, in order: what a checksum is matched against.

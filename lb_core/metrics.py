@@ -119,7 +119,7 @@ class LbCollector(Collector):
                 families["participants"].add_metric(labels, server.participants)
                 families["load"].add_metric(labels, round(load(server, balancer, now), 3))
                 families["poll_errors"].add_metric(labels, server.poll_errors_total)
-            for integration in lb.controls.list_integrations() if lb.controls is not None else ():
+            for integration in lb.integration_controls.list_integrations() if lb.integration_controls is not None else ():
                 labels = [integration["name"]]
                 families["integration_meetings"].add_metric(labels, integration["meetings"])
                 families["integration_participants"].add_metric(labels, integration["participants"])

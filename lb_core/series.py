@@ -6,14 +6,21 @@ at that moment) and closes the current bucket of API calls (counted on the answe
 same call label as ``bbb_lb_requests_total`` and the same FAILED verdict as ``bbb_lb_requests_failed_total``). Each series is a ring of ``points``
 values, so memory is bounded by the number of servers, integrations and known calls, never by the
 traffic. A series whose key disappeared (a removed server) drops out once its window holds no value.
+
+A page open for hours asks only for what it lacks: ``snapshot(since)`` answers the points after the
+last time the page holds, with every series the window holds (a series absent from the answer has
+left the window). When ``since`` is older than the window (the page fell behind, or bbb-lb restarted),
+the answer is the whole window, marked ``"full": true``: the page replaces what it holds.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from lb_core.balancer import load
@@ -44,11 +51,12 @@ class Window:
             if key not in values and all(v is None for v in ring):
                 del self.series[key]
 
-    def grouped(self) -> dict[str, dict[str, list[float | None]]]:
-        """``{name: {field: [values, oldest first]}}``."""
+    def grouped(self, newest: int | None = None) -> dict[str, dict[str, list[float | None]]]:
+        """``{name: {field: [values, oldest first]}}``: every value, or the ``newest`` ones only."""
         out: dict[str, dict[str, list[float | None]]] = {}
         for (name, field), ring in sorted(self.series.items()):
-            out.setdefault(name, {})[field] = list(ring)
+            values = list(ring) if newest is None else list(islice(ring, max(len(ring) - newest, 0), None))
+            out.setdefault(name, {})[field] = values
         return out
 
 
@@ -115,19 +123,26 @@ class Series:
 
     @staticmethod
     def _integration_values(lb: LoadBalancer | None) -> Iterable[tuple[tuple[str, str], float | None]]:
-        if lb is None or lb.controls is None:
+        if lb is None or lb.integration_controls is None:
             return
-        for integration in lb.controls.list_integrations():  # what bbb_lb_integration_* read
+        for integration in lb.integration_controls.list_integrations():  # what bbb_lb_integration_* read
             for field in INTEGRATION_FIELDS:
                 yield (integration["name"], field), integration[field]
 
-    def snapshot(self) -> dict[str, Any]:
-        """What /api/series answers: the times (end of each bucket, Unix seconds) and the values, oldest first."""
+    def snapshot(self, since: float | None = None) -> dict[str, Any]:
+        """What /api/series answers: the times (end of each bucket, Unix seconds) and the values, oldest first.
+
+        With ``since`` (the newest time the asker holds), only the points after it, unless ``since`` is
+        older than the window: then all of it, with ``full`` true (what is held must be replaced)."""
+        times = list(self.times)
+        full = since is None or not times or since < times[0]
+        newest = None if full else len(times) - bisect_right(times, since)
         return {
             "resolution_s": self.resolution_s,
             "points": self.points,
-            "times": list(self.times),
-            "servers": self.servers.grouped(),
-            "calls": self.calls.grouped(),
-            "integrations": self.integrations.grouped(),
+            "full": full,
+            "times": times if newest is None else times[len(times) - newest:],
+            "servers": self.servers.grouped(newest),
+            "calls": self.calls.grouped(newest),
+            "integrations": self.integrations.grouped(newest),
         }

@@ -1,24 +1,28 @@
 """One running load balancer: its parts built in dependency order, started and stopped together.
 
-What operators change at run time is ``controls.Controls`` (``lb.controls``).
+What operators change at run time is ``lb.server_controls``, ``lb.integration_controls`` and
+``lb.rule_controls`` (``controls_servers``, ``controls_integrations``, ``controls_rules``); several processes
+on one Redis store keep each other in step through ``change_relay.ChangeRelay``; what follows each poll is
+``poll_followup.PollFollowUp``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from lb_core.backend import BackendClient
 from lb_core.callbacks import Callbacks
+from lb_core.change_relay import ChangeRelay
 from lb_core.cluster import Cluster, SharedPoller
 from lb_core.config import Config
-from lb_core.controls import Controls, ServerOverrides, load_global_rules
+from lb_core.controls_integrations import IntegrationControls
+from lb_core.controls_rules import RuleControls, load_global_rules
+from lb_core.controls_servers import ServerControls, ServerOverrides
 from lb_core.deliveries import Deliveries
 from lb_core.event_log import EventLog
 from lb_core.forwarding import Forwarder
@@ -34,7 +38,8 @@ from lb_core.monitor import Monitor
 from lb_core.outbound import OutboundClient, own_ports
 from lb_core.placement import Locate, Placer
 from lb_core.policy import Policy
-from lb_core.pool import Pool, Server
+from lb_core.poll_followup import PollFollowUp
+from lb_core.pool import Pool
 from lb_core.recording_http import RecordingDoors
 from lb_core.recording_index import RecordingIndex
 from lb_core.recording_service import Recordings
@@ -90,11 +95,18 @@ class LoadBalancer:
         self.pool = Pool(list(config.servers))
         self.meetings = MeetingRegistry(store)
         self.events = EventLog(store, config.record_events, config.events_retention_days)
-        self.integrations = Integrations(config.integrations, store)
-        self.overrides = ServerOverrides(store, self.pool, self.meetings)
+        # Several processes on one Redis: this one's part (node id, poller lease, change notices).
+        self.cluster: Cluster | None = Cluster(store) if isinstance(store, RedisStore) else None
+        # A change made here, told to the other processes (none when alone).
+        self.tell = self.cluster.publish if self.cluster is not None else None
+        self.integrations = Integrations(config.integrations, store, on_change=self.tell)
+        self.overrides = ServerOverrides(store, self.pool, self.meetings, self.tell)
         self.policy = Policy(config.rules)  # the integrations' rules, participant counts, refusals by limit
-        self._poll_asked_at: dict[str, float] = {}  # server -> when the poll being taken in was asked
-        self.controls: Controls | None = None  # the operators' changes, once the LB runs
+        # The operators' changes, once the LB runs.
+        self.server_controls: ServerControls | None = None
+        self.integration_controls: IntegrationControls | None = None
+        self.rule_controls: RuleControls | None = None
+        self.relay: ChangeRelay | None = None
         self.backend: BackendClient | None = None
         self.lifecycle: MeetingLifecycle | None = None
         self.gateway: Gateway | None = None
@@ -104,8 +116,6 @@ class LoadBalancer:
         self.deliveries: Deliveries | None = None
         self.instance_id = ""
         self.locator: GeoLocator | None = None
-        # Several processes on one Redis: this one's part (node id, poller lease, change notices).
-        self.cluster: Cluster | None = Cluster(store) if isinstance(store, RedisStore) else None
         self.shared_poller: SharedPoller | None = None
         self.listings: ListingsCache | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -145,18 +155,24 @@ class LoadBalancer:
         await self.deliveries.resume()
         if self.cluster is not None:
             self.deliveries.share(self.cluster)
+        follow_up = PollFollowUp(self.listings, self.policy, self.meetings, self.overrides)
         self.monitor = Monitor(config, self.pool, self.meetings, backend, lifecycle.forget,
-                               after_poll=self._after_poll, on_listing=self._on_listing)
-        self.controls = Controls(config, self.pool, self.meetings, backend, lifecycle, self.integrations,
-                                 self.overrides, self.locator, self.monitor.poll_soon, self._background,
-                                 policy=self.policy, store=self.store)
+                               after_poll=follow_up.after_poll, on_listing=follow_up.on_listing)
+        self.server_controls = ServerControls(config, self.pool, self.meetings, backend, lifecycle, self.overrides,
+                                              self.policy, self.locator, self.monitor.poll_soon, self._background)
+        self.integration_controls = IntegrationControls(self.integrations, self.pool, self.meetings, self.policy)
+        self.rule_controls = RuleControls(config.rules, self.policy, self.store, self.integration_controls,
+                                          self.tell)
         if self.cluster is not None:
             cluster = self.cluster
             self.recordings.leads = lambda: cluster.leader
-            self._share(cluster)
+            self.relay = ChangeRelay(cluster, config, self.store, self.meetings, self.overrides, self.integrations,
+                                     self.policy, lifecycle, self.listings, self.monitor.poll_soon,
+                                     recordings=self.recordings.index)
+            self.relay.listen()
             if poll:
                 self.shared_poller = SharedPoller(self.cluster, self.monitor, self.pool, config, self.status,
-                                                  after_view=self._after_view)
+                                                  after_view=follow_up.after_view)
                 self.shared_poller.start()
         if poll:
             self.monitor.start()
@@ -164,64 +180,6 @@ class LoadBalancer:
         self._background(fill_geoloc(self.locator, self.pool))
         log.info("bbb-lb %s started: %d servers, %d meetings known, %d meeting events",
                  self.instance_id, len(self.pool), len(self.meetings), len(self.events))
-
-    def _share(self, cluster: Cluster) -> None:
-        """Changes made here are told to every process; changes told by others are applied here."""
-        async def meeting_changed(key: str) -> None:
-            await cluster.publish("meeting", key)
-
-        self.meetings.share(cluster, meeting_changed)
-        self.overrides.on_change = self.integrations.on_change = cluster.publish
-        if self.recordings is not None:
-            self.recordings.index.on_change = partial(cluster.publish, "recording")
-        cluster.on_change = self._changed_elsewhere
-        cluster.listen()
-
-    async def _changed_elsewhere(self, kind: str, subject: str) -> None:
-        """A change notice (from any process, this one included): drop what is cached about it."""
-        if kind == "meeting":
-            before = self.meetings.by_key(subject)
-            record = await self.meetings.refresh_key(subject)
-            if self.lifecycle is not None:
-                self.lifecycle.running.pop(subject, None)
-            for server in {r.server for r in (before, record) if r is not None}:
-                if self.listings is not None:
-                    self.listings.forget(server)
-        elif kind == "servers":
-            await self.overrides.apply()
-            if self.monitor is not None:
-                self.monitor.poll_soon()
-        elif kind == "integrations":
-            await self.integrations.load()
-        elif kind == "recording" and self.recordings is not None:
-            await self.recordings.index.refresh(subject)
-        elif kind == "rules":
-            self.policy.set_global_rules(self.config.rules)
-            await load_global_rules(self.store, self.policy)
-        elif kind == "all":
-            await self.meetings.reload()
-            await self.overrides.apply()
-            await self.integrations.load()
-            if self.lifecycle is not None:
-                self.lifecycle.running.clear()
-            if self.recordings is not None:
-                await self.recordings.index.reload()
-
-    def _on_listing(self, server: Server, root: Any, asked_at: float) -> object:
-        self._poll_asked_at[server.name] = asked_at
-        assert self.gateway is not None
-        return self.gateway.services.listings.remember(server, root, asked_at)
-
-    def _after_view(self, server: Server) -> None:
-        """Another process polled ``server``: the participant counts per integration follow its view."""
-        self.policy.polled(server, self.meetings.on_server(server.name), time.monotonic())
-
-    async def _after_poll(self, server: Server) -> None:
-        """A poll is in: its participant counts per integration, then the operators' after-poll work."""
-        asked_at = self._poll_asked_at.pop(server.name, None)
-        if asked_at is not None:
-            self.policy.polled(server, self.meetings.on_server(server.name), asked_at)
-        await self.overrides.after_poll(server)
 
     async def _instance_id(self) -> str:
         if self.config.instance_id:

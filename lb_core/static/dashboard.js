@@ -1,10 +1,15 @@
 // bbb-lb dashboard: polls /api/dashboard and /api/series every 2 s and redraws its tables and plots.
+// The plots' history is fetched once; each poll then asks /api/series only for the points after the
+// newest the page holds (?since=), so a page open for hours downloads each point once.
 // Everything from the API is put into the page as text (never as HTML): meeting IDs come from clients.
 "use strict";
 
 const REFRESH_MS = 2000;
 const STATES = { 0: "enabled", 1: "disabled", 3: "auto" };
 const OK_RESULTS = new Set(["SUCCESS", "redirect", "successfullyJoined", "200"]);
+let heldSeries = null; // the plots' window as the page holds it
+// Shown on #plots: answers of the whole window, answers of new points only, and the points these brought.
+const seriesAnswers = { full: 0, since: 0, sincePoints: 0 };
 
 function cell(text, className) {
   const td = document.createElement("td");
@@ -167,15 +172,28 @@ function showError(text) {
 async function refresh() {
   try {
     const ask = (path) => fetch(path, { credentials: "same-origin", cache: "no-store" });
-    const [response, seriesResponse] = await Promise.all([ask("/api/dashboard"), ask("/api/series")]);
+    const since = window.bbbPlots.newestTime(heldSeries);
+    const seriesPath = since === null ? "/api/series" : "/api/series?since=" + encodeURIComponent(String(since));
+    const [response, seriesResponse] = await Promise.all([ask("/api/dashboard"), ask(seriesPath)]);
     if (response.status === 401 || seriesResponse.status === 401) {
       showError("Not signed in: open /dashboard?token=<admin.token> again.");
       return;
     }
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    if (!seriesResponse.ok) throw new Error(`HTTP ${seriesResponse.status}`);
+    if (!seriesResponse.ok) {
+      heldSeries = null; // ask for the whole window next time
+      throw new Error(`HTTP ${seriesResponse.status}`);
+    }
     const data = await response.json();
-    window.bbbPlots.renderPlots(await seriesResponse.json());
+    const answer = await seriesResponse.json();
+    heldSeries = window.bbbPlots.mergeSeries(heldSeries, answer);
+    seriesAnswers[answer.full ? "full" : "since"] += 1;
+    if (!answer.full) seriesAnswers.sincePoints += answer.times.length;
+    window.bbbPlots.renderPlots(heldSeries);
+    const plots = document.getElementById("plots");
+    plots.dataset.fullAnswers = String(seriesAnswers.full);
+    plots.dataset.sinceAnswers = String(seriesAnswers.since);
+    plots.dataset.sincePoints = String(seriesAnswers.sincePoints);
     renderSummary(data.status);
     renderNodes(data.status);
     renderServers(data.servers);

@@ -1,5 +1,6 @@
 // bbb-lb dashboard plots: draws /api/series as inline SVG line charts (no library, nothing fetched
 // from elsewhere). The page only draws: every value plotted is in /api/series, with /metrics' meanings.
+// The page keeps its own window and asks only for the points after its newest (mergeSeries).
 // Names come from the API and are put in as text or attribute values only, never as markup.
 "use strict";
 
@@ -145,6 +146,36 @@ function seriesLines(group, field, palette, kind, dashed) {
     .map(([name, fields]) => ({ name, values: fields[field], colour: palette[name], kind, dashed: !!dashed }));
 }
 
+// The window the page holds, extended by an answer of /api/series?since=: the new points appended and
+// the oldest dropped beyond the server's `points`. A series new to the page has nulls before it appeared;
+// a series absent from the answer has left the server's window and leaves the page's too. A "full"
+// answer (the page fell behind, bbb-lb restarted) replaces what the page holds.
+function mergeSeries(held, answer) {
+  if (!held || answer.full || held.resolution_s !== answer.resolution_s || held.points !== answer.points) {
+    return answer;
+  }
+  const keep = Math.max(0, Math.min(held.times.length, answer.points - answer.times.length));
+  const drop = held.times.length - keep;
+  const merged = { ...answer, times: held.times.slice(drop).concat(answer.times) };
+  for (const group of ["servers", "calls", "integrations"]) {
+    merged[group] = {};
+    for (const [name, fields] of Object.entries(answer[group])) {
+      const before = held[group][name] || {};
+      merged[group][name] = {};
+      for (const [field, values] of Object.entries(fields)) {
+        const old = before[field] || new Array(held.times.length).fill(null);
+        merged[group][name][field] = old.slice(drop).concat(values);
+      }
+    }
+  }
+  return merged;
+}
+
+// The newest time the page holds: what it asks /api/series for the points after (null: ask for all).
+function newestTime(held) {
+  return held && held.times.length ? held.times[held.times.length - 1] : null;
+}
+
 function renderPlots(series) {
   const { times, resolution_s: resolution, servers, calls, integrations } = series;
   const serverColours = colours(Object.keys(servers), SERVER_PALETTE);
@@ -165,7 +196,10 @@ function renderPlots(series) {
             "Participants per integration (dashed: its max_participants)", "", times,
             [...seriesLines(integrations, "participants", integrationColours, "integration"),
              ...seriesLines(integrations, "max_participants", integrationColours, "limit", true)], resolution);
-  document.getElementById("plots").dataset.points = String(times.length);
+  const plots = document.getElementById("plots");
+  plots.dataset.points = String(times.length);
+  plots.dataset.first = times.length ? String(times[0]) : "";
+  plots.dataset.last = times.length ? String(times[times.length - 1]) : "";
 }
 
-window.bbbPlots = { renderPlots };
+window.bbbPlots = { renderPlots, mergeSeries, newestTime };

@@ -32,7 +32,7 @@ async def test_a_synced_recording_stays_listed_while_its_server_is_down_and_afte
     await sim.fault("bbb2", "refuse")
     await lb.poll(rounds=3)
     assert record_ids(await lb.call("getRecordings", {"meetingID": "room"})) == ["rec-2"]
-    await lb.lb.controls.remove_server("bbb2")
+    await lb.lb.server_controls.remove_server("bbb2")
     await synced(lb)
     reply = await lb.call("getRecordings", {"meetingID": "room"})
     assert record_ids(reply) == ["rec-2"]
@@ -208,7 +208,7 @@ async def test_an_uploaded_recording_is_listed_played_back_and_outlives_its_serv
     assert (await lb.http(url + "../../../lb.json")).status == 404
     assert (await lb.http(url + "video/webcams.webm", method="POST")).status == 405
     # The server goes: the recording stays listed, playable, publishable, deletable.
-    await lb.lb.controls.remove_server(holder)
+    await lb.lb.server_controls.remove_server(holder)
     assert record_ids(await lb.call("getRecordings", {"meetingID": "room"})) == [internal]
     assert (await lb.http(url)).status == 200
     await lb.call("publishRecordings", {"recordID": internal, "publish": "false"})

@@ -54,7 +54,7 @@ async def test_a_process_that_missed_notices_reads_the_whole_index_again(tmp_pat
         await a.lb.store.put("recordings", "rec-quiet", {"record_id": "rec-quiet", "integration": "default",
                                                         "meeting_id": "room", "state": "published", "metadata": {}})
         assert index.get("rec-quiet") is None  # written with no notice
-        await a.lb._changed_elsewhere("all", "")
+        await a.lb.relay.changed("all", "")
         assert index.get("rec-quiet") is not None
         assert ids(await a.call("getRecordings", {"recordID": "rec-q"})) == ["rec-quiet"]
     finally:

@@ -33,11 +33,6 @@ async def started(config: lb_config.Config, make: Any) -> CoreLB:
     return await CoreLB(config, make).start()
 
 
-def controls(lb: CoreLB) -> Any:
-    """Where operators' run-time changes are made (the LB itself, or its ``controls`` part)."""
-    return getattr(lb.lb, "controls", None) or lb.lb
-
-
 async def create(lb: CoreLB, meeting_id: str, secret: str | None = None, **params: str) -> Any:
     reply = await lb.call("create", {"meetingID": meeting_id, "name": meeting_id, "moderatorPW": "mp",
                                      "attendeePW": "ap", **params}, secret=secret)
@@ -69,8 +64,8 @@ async def test_tinydb_to_redis_and_back_keeps_every_meeting_server_integration_a
         tmp_path: Path, sim: Sim, redis_server: RedisServer, redis_prefix: str) -> None:
     tiny_config = lb_config_for(tmp_path, sim.servers[:2])
     lb = await started(tiny_config, lambda: TinyDbStore(tiny_config.store_path))
-    await controls(lb).add_server(dict(sim.servers[2]))
-    await controls(lb).put_integration({"name": "moodle", "secret": MOODLE_SECRET})
+    await lb.lb.server_controls.add_server(dict(sim.servers[2]))
+    await lb.lb.integration_controls.put_integration({"name": "moodle", "secret": MOODLE_SECRET})
     await lb.poll()
     for i in range(6):
         await create(lb, f"m{i}", meta_endCallbackUrl="https://moodle.example/end")

@@ -71,11 +71,11 @@ async def test_a_create_traces_its_placement_and_backend_call(lb) -> None:
 async def test_an_integration_changed_at_run_time_is_seen_by_every_part(lb) -> None:
     secret = "moodle-secret-0123456789"
     assert (await lb.call("getMeetings", secret=secret)).field("messageKey") == "checksumError"
-    await lb.lb.controls.put_integration({"name": "moodle", "secret": secret})
+    await lb.lb.integration_controls.put_integration({"name": "moodle", "secret": secret})
     assert (await lb.call("getMeetings", secret=secret)).field("returncode") == "SUCCESS"
     assert lb.answers[-1].trace.integration == "moodle"
     assert lb.lb.deliveries.integrations.get("moodle") is lb.lb.integrations.get("moodle")  # one owner
-    await lb.lb.controls.remove_integration("moodle")
+    await lb.lb.integration_controls.remove_integration("moodle")
     assert (await lb.call("getMeetings", secret=secret)).field("messageKey") == "checksumError"
 
 

@@ -232,21 +232,21 @@ async def test_moderators_can_be_exempted(lb_factory, sim):
 
 async def test_rules_and_limits_change_at_run_time_and_survive_a_restart(lb_factory, sim):
     lb = await lb_factory(servers=[0], store="tinydb", integrations=moodle())
-    service = lb.lb.controls
-    shown = await service.change_rules("moodle", {"create": {"duration": {"max": 15}, "welcome": {"default": "x"}}})
+    rules, integrations = lb.lb.rule_controls, lb.lb.integration_controls
+    shown = await rules.change_rules("moodle", {"create": {"duration": {"max": 15}, "welcome": {"default": "x"}}})
     assert shown["rules"] == {"create": {"duration": {"max": 15}, "welcome": {"default": "x"}}}
-    await service.change_rules("moodle", {"create": {"welcome": None}})
-    await service.change_rules(None, {"join": {"userdata-bbb_listen_only_mode": {"override": "false"}}})
-    await service.put_integration({"name": "moodle", "max_participants": 5, "limit_moderators": False})
+    await rules.change_rules("moodle", {"create": {"welcome": None}})
+    await rules.change_rules(None, {"join": {"userdata-bbb_listen_only_mode": {"override": "false"}}})
+    await integrations.put_integration({"name": "moodle", "max_participants": 5, "limit_moderators": False})
     with pytest.raises(ControlError, match=r"rules\.create\.meta_mconflb-guid: .*reserved"):
-        await service.change_rules("moodle", {"create": {"meta_mconflb-guid": {"override": "x"}}})
+        await rules.change_rules("moodle", {"create": {"meta_mconflb-guid": {"override": "x"}}})
     with pytest.raises(ControlError, match="unknown operation"):
-        await service.change_rules(None, {"create": {"duration": {"maximum": 3}}})
+        await rules.change_rules(None, {"create": {"duration": {"maximum": 3}}})
     await lb.restart()
-    moodle_now = next(i for i in lb.lb.controls.list_integrations() if i["name"] == "moodle")
+    moodle_now = next(i for i in lb.lb.integration_controls.list_integrations() if i["name"] == "moodle")
     assert moodle_now["rules"] == {"create": {"duration": {"max": 15}}}
     assert (moodle_now["max_participants"], moodle_now["limit_moderators"]) == (5, False)
-    assert lb.lb.controls.rules_of("moodle")["effective"] == {
+    assert lb.lb.rule_controls.rules_of("moodle")["effective"] == {
         "create": {"duration": {"max": 15}}, "join": {"userdata-bbb_listen_only_mode": {"override": "false"}}}
     await lb.call("create", {"meetingID": "rt", "name": "R room", "duration": "100"}, secret="moodle-secret")
     assert sim.meeting("bbb1", "rt").duration == 15

@@ -7,7 +7,7 @@ import pytest
 
 from addons import cli
 from lb_core import config, config_sections, config_types
-from lb_core.controls import stored_server
+from lb_core.controls_servers import stored_server
 
 SERVER = {"name": "bbb1", "url": "https://bbb1.example.org", "secret": "x"}
 BASE = {"secret": "s", "servers": [SERVER]}

@@ -38,7 +38,7 @@ def fake_lb(pool: Pool, meetings: int = 0, events: int = 0, store: dict[str, flo
     return SimpleNamespace(config=SimpleNamespace(balancer=BalancerConfig()), pool=pool,
                            meetings=dict.fromkeys(range(meetings)), events=[None] * events,
                            store=SimpleNamespace(stats=lambda: dict(store or {})),
-                           controls=SimpleNamespace(list_integrations=lambda: list(integrations or [])))
+                           integration_controls=SimpleNamespace(list_integrations=lambda: list(integrations or [])))
 
 
 def test_calls_are_counted_and_timed_by_call_and_result() -> None:
