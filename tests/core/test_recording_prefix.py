@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from lb_core.errors import ApiError
 from lb_core.pool import Pool
-from lb_core.recording_index import RECORD_ID_ITEMS_MAX, Query, RecordingIndex
+from lb_core.recording_docs import RECORD_ID_ITEMS_MAX, Query
+from lb_core.recording_index import RecordingIndex
 from lb_core.store_memory import MemoryStore
 
 

@@ -11,7 +11,8 @@ from typing import Any
 import jwt
 import pytest
 
-from lb_core.recording_index import DAY_MS, Query
+from lb_core.recording_docs import Query
+from lb_core.recording_index import DAY_MS
 from tests.core.conftest import PUBLIC_URL
 
 
