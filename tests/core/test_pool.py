@@ -12,6 +12,8 @@ from collections import Counter
 
 import pytest
 
+from tests.core.conftest import until
+
 
 async def create(lb, meeting_id: str, **params: str):  # type: ignore[no-untyped-def]
     return await lb.call("create", {"meetingID": meeting_id, "name": f"Room {meeting_id}", "moderatorPW": "mp",
@@ -106,10 +108,15 @@ async def test_the_poller_learns_meetings_that_ended(lb_factory, sim):
     await create(lb, "quiet-end")
     await lb.call("join", {"meetingID": "quiet-end", "fullName": "A", "password": "mp"})
     await sim.end("bbb1", "quiet-end")  # no callback configured: only the poller can tell
-    # Two rounds: a poll that starts in the millisecond of the create leaves the meeting to the next one.
-    await lb.poll(2)
-    event = (await lb.call("getMeetingEvents")).xml().find("events/event")
-    assert event is not None and event.findtext("endedAt")
+
+    async def end_recorded() -> bool:
+        # A poll that starts in the millisecond of the create (the background poller runs too) leaves the
+        # meeting to a later one: poll until one has seen it gone.
+        await lb.poll()
+        event = (await lb.call("getMeetingEvents")).xml().find("events/event")
+        return event is not None and bool(event.findtext("endedAt"))
+
+    await until(end_recorded, timeout=10, what="the poller to record the end")
     assert (await lb.call("getMeetingInfo", {"meetingID": "quiet-end"})).field("messageKey") == "notFound"
 
 
