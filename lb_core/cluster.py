@@ -362,9 +362,16 @@ class Cluster:
             log.exception("change %s %s not applied", kind, subject)
 
     async def stop(self) -> None:
+        """The listener, then this node's entry and lease: each given ``STOP_S`` at most, whatever Redis does
+        (the per-call store timeout may be longer than a stop can wait)."""
         if self._listener is not None:
             await stop_task(self._listener)
-        await self.leave()
+        try:
+            async with asyncio.timeout(STOP_S):
+                await self.leave()
+        except TimeoutError:
+            log.warning("Redis did not answer within %.0f s: this node's entry expires by itself", STOP_S)
+            self.leader = False
 
 
 def apply_view(server: Server, view: dict[str, Any], monitor: Any, balancer: Any) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from lb_core.backend import BackendClient
 from lb_core.callbacks import Callbacks
 from lb_core.change_relay import ChangeRelay
-from lb_core.cluster import Cluster, SharedPoller
+from lb_core.cluster import STOP_S, Cluster, SharedPoller
 from lb_core.config import Config
 from lb_core.controls_integrations import IntegrationControls
 from lb_core.controls_rules import RuleControls, load_global_rules
@@ -192,13 +192,19 @@ class LoadBalancer:
         task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
+        """Every part stopped in turn. On Redis each step that talks to it is bounded (``cluster.STOP_S``,
+        ``RedisStore.CLOSE_S``), so a Redis that stops answering never holds a stop past the service's
+        stop timeout (``addons.runner.STOP_DEADLINE_S``)."""
         if self.shared_poller is not None:
             await self.shared_poller.stop()
         if self.cluster is not None:
             await self.cluster.stop()
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, left = await asyncio.wait(set(self._tasks), timeout=STOP_S)
+            if left:
+                log.warning("%d background tasks did not stop within %.0f s; left behind", len(left), STOP_S)
         if self.locator is not None:
             self.locator.close()
         if self.monitor is not None:
@@ -209,7 +215,14 @@ class LoadBalancer:
             await self.deliveries.close()
         if self.backend is not None:
             await self.backend.close()
-        await self.events.close()
+        if self.cluster is None:
+            await self.events.close()  # local writes: they finish
+        else:
+            try:
+                async with asyncio.timeout(STOP_S):
+                    await self.events.close()
+            except TimeoutError:
+                log.warning("event index writes to Redis unfinished after %.0f s; given up", STOP_S)
         await self.store.close()
         log.info("bbb-lb stopped")
 

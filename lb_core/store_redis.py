@@ -69,6 +69,7 @@ class RedisStore(Store):
 
     MAX_QUEUED_EVENTS = 100_000  # kept while Redis is away; beyond this the oldest are dropped (and counted)
     RETRY_AFTER_S = 0.5  # between event writes while Redis is away
+    CLOSE_S = 2.0  # the longest a close waits for Redis, per step (the last flush, closing the connections)
 
     def __init__(self, url: str, prefix: str = "bbb-lb", *, timeout_s: float = 2.0,
                  connect_timeout_s: float | None = None, max_connections: int = 64) -> None:
@@ -158,20 +159,25 @@ class RedisStore(Store):
         return warnings
 
     async def close(self) -> None:
+        """Write the queued events and close the connections, in ``CLOSE_S`` at most each whatever Redis does:
+        a stop must end within the service's stop timeout, and the per-call ``timeout_s`` may be longer."""
         if self._closed:
             return
-        with contextlib.suppress(StoreError):
-            await self.flush()
+        bound = min(self.timeout_s, self.CLOSE_S)
+        if self._event_writer is not None:  # first, so the last flush never waits for the writer's lock
+            self._event_writer.cancel()  # a batch it was writing goes back to the queue
+            await asyncio.wait({self._event_writer}, timeout=bound)
+        try:
+            async with asyncio.timeout(bound):
+                await self.flush()
+        except (StoreError, TimeoutError):
+            pass
         self._closed = True
-        if self._event_writer is not None:
-            self._event_writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._event_writer
         if self._pending_events:
             log.error("store closed with %d events not written (Redis at %s unavailable)",
                       len(self._pending_events), self.safe_url)
         with contextlib.suppress(Exception):
-            await self.redis.aclose()
+            await asyncio.wait_for(self.redis.aclose(), bound)
 
     def _writable(self) -> None:
         if self._closed:
