@@ -273,7 +273,7 @@ def arm_stop_deadline(loop: asyncio.AbstractEventLoop, seconds: float = STOP_DEA
     def expired() -> None:
         out = sys.stderr
         try:
-            print(f"bbb-lb: the stop did not finish within {seconds:.0f} s; exiting now. Pending tasks:",
+            print(f"bbb-lb: the stop did not finish within {seconds:g} s; exiting now. Pending tasks:",
                   file=out, flush=True)
             for task in list(asyncio.all_tasks(loop)):
                 task.print_stack(limit=12, file=out)
