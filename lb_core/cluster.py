@@ -43,7 +43,9 @@ LEASE_S = 5.0  # a dead poller is replaced within this
 HEARTBEAT_TTL_S = 10.0  # a process missing for this long leaves the dashboard
 CREATE_LOCK_S = 30.0  # longer than a create with failover takes; a dead holder frees it after this
 PLACED_WINDOW_S = 60.0  # a create no poll has seen counts in placement at most this long
-STOP_S = 2.0  # the longest a stop waits for one of these tasks
+STOP_S = 2.0  # the longest a stop waits for one step that needs Redis (a task to end, a command)
+REDIS_STOP_S = 6.0  # ...and for all of them: with the 10 s drain, within the unit's TimeoutStopSec=20
+LAST_STEP_S = 0.1  # a step once that is spent
 VOICE_CLAIM_GRACE_S = CREATE_LOCK_S  # a claimed voice bridge no poll shows yet is kept this long
 
 # Renew the lease only if this process still holds it (never extend another's).
@@ -107,12 +109,24 @@ return best
 """
 
 
-async def stop_task(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and give it ``STOP_S`` to end: a stop never hangs on a Redis client's cleanup."""
+class StopBudget:
+    """What a stop may still spend waiting on Redis: each step at most ``STOP_S`` and never more than is left
+    of ``REDIS_STOP_S`` for them all, so the whole is bounded however many steps there are (a step past the
+    budget still gets ``LAST_STEP_S``: a Redis that answers is not skipped)."""
+
+    def __init__(self, seconds: float = REDIS_STOP_S) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def step(self, most: float = STOP_S) -> float:
+        return max(LAST_STEP_S, min(most, self.deadline - time.monotonic()))
+
+
+async def stop_task(task: asyncio.Task[None], within: float = STOP_S) -> None:
+    """Cancel ``task`` and give it ``within`` to end: a stop never hangs on a Redis client's cleanup."""
     task.cancel()
-    done, _ = await asyncio.wait({task}, timeout=STOP_S)
+    done, _ = await asyncio.wait({task}, timeout=within)
     if not done:
-        log.warning("%s did not stop within %.0f s; left behind", task.get_name(), STOP_S)
+        log.warning("%s did not stop within %.1f s; left behind", task.get_name(), within)
 
 
 def new_node_id() -> str:
@@ -361,16 +375,18 @@ class Cluster:
         except Exception:
             log.exception("change %s %s not applied", kind, subject)
 
-    async def stop(self) -> None:
-        """The listener, then this node's entry and lease: each given ``STOP_S`` at most, whatever Redis does
-        (the per-call store timeout may be longer than a stop can wait)."""
+    async def stop(self, budget: StopBudget | None = None) -> None:
+        """The listener, then this node's entry and lease, within ``budget`` whatever Redis does (the per-call
+        store timeout may be longer than a stop can wait)."""
+        budget = budget or StopBudget()
         if self._listener is not None:
-            await stop_task(self._listener)
+            await stop_task(self._listener, budget.step())
+        within = budget.step()
         try:
-            async with asyncio.timeout(STOP_S):
+            async with asyncio.timeout(within):
                 await self.leave()
         except TimeoutError:
-            log.warning("Redis did not answer within %.0f s: this node's entry expires by itself", STOP_S)
+            log.warning("Redis did not answer within %.1f s: this node's entry expires by itself", within)
             self.leader = False
 
 
@@ -444,6 +460,6 @@ class SharedPoller:
                     self.after_view(server)
         self.views_applied += 1
 
-    async def stop(self) -> None:
+    async def stop(self, budget: StopBudget | None = None) -> None:
         if self._beat_task is not None:
-            await stop_task(self._beat_task)
+            await stop_task(self._beat_task, (budget or StopBudget()).step())

@@ -158,17 +158,22 @@ class RedisStore(Store):
                                 "set noeviction")
         return warnings
 
-    async def close(self) -> None:
-        """Write the queued events and close the connections, in ``CLOSE_S`` at most each whatever Redis does:
-        a stop must end within the service's stop timeout, and the per-call ``timeout_s`` may be longer."""
+    async def close(self, within: float | None = None) -> None:
+        """Write the queued events and close the connections, whatever Redis does: each step ``CLOSE_S`` at
+        most and all of them ``within`` (a stop must end within the service's stop timeout, and the per-call
+        ``timeout_s`` may be longer)."""
         if self._closed:
             return
-        bound = min(self.timeout_s, self.CLOSE_S)
+        deadline = time.monotonic() + (within if within is not None else 3 * self.CLOSE_S)
+
+        def step() -> float:
+            return max(0.1, min(self.timeout_s, self.CLOSE_S, deadline - time.monotonic()))
+
         if self._event_writer is not None:  # first, so the last flush never waits for the writer's lock
             self._event_writer.cancel()  # a batch it was writing goes back to the queue
-            await asyncio.wait({self._event_writer}, timeout=bound)
+            await asyncio.wait({self._event_writer}, timeout=step())
         try:
-            async with asyncio.timeout(bound):
+            async with asyncio.timeout(step()):
                 await self.flush()
         except (StoreError, TimeoutError):
             pass
@@ -177,7 +182,7 @@ class RedisStore(Store):
             log.error("store closed with %d events not written (Redis at %s unavailable)",
                       len(self._pending_events), self.safe_url)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.redis.aclose(), bound)
+            await asyncio.wait_for(self.redis.aclose(), step())
 
     def _writable(self) -> None:
         if self._closed:
