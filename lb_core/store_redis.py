@@ -116,12 +116,22 @@ class RedisStore(Store):
         return self.key("e", partition)
 
     async def _call(self, work: Awaitable[T]) -> T:
-        """Run one Redis round trip within ``timeout_s``; any Redis failure becomes ``StoreUnavailable``."""
+        """Run one Redis round trip within ``timeout_s``; any Redis failure becomes ``StoreUnavailable``.
+
+        A task cancelled during the call ends with ``CancelledError`` even when the client dropped it:
+        redis-py sends each command under ``asyncio.wait_for``, which on Python 3.11 loses a cancel that lands
+        as the send completes (CPython gh-86296, fixed in 3.12). The task then went on as if never asked to
+        stop: a stopping LB waited forever for its poll loop to end."""
+        task = asyncio.current_task()
+        asked = task.cancelling() if task is not None else 0
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await work
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"Redis at {self.safe_url} is not available: {_reason(exc)}") from None
+        finally:
+            if task is not None and task.cancelling() > asked:
+                raise asyncio.CancelledError
 
     # --- lifecycle -------------------------------------------------------------------------
 
