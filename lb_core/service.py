@@ -210,8 +210,13 @@ class LoadBalancer:
                 log.warning("%d background tasks did not stop within %.1f s; left behind", len(left), within)
         if self.locator is not None:
             self.locator.close()
-        if self.monitor is not None:
-            await self.monitor.stop()
+        if self.monitor is not None:  # its rounds talk to Redis: bounded like the other steps
+            within = budget.step()
+            try:
+                async with asyncio.timeout(within):
+                    await self.monitor.stop()
+            except TimeoutError:
+                log.warning("the poll loop did not stop within %.1f s; left behind", within)
         if self.recordings is not None:
             await self.recordings.stop()
         if self.deliveries is not None:
