@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 TOKEN_ENV = "BBB_LB_ADMIN_TOKEN"
-TIMEOUT_S = 30.0  # panic ends every meeting on a server; give it time
+TIMEOUT_S = float(os.environ.get("BBB_LB_ADMIN_TIMEOUT_S") or 30.0)  # panic ends every meeting on a server
 
 
 class CliError(Exception):

@@ -4,7 +4,9 @@ Through the admin listener, like ``bbb-lb servers``. ``import PATH...`` takes ar
 ``*.tar``/``*.tar.gz``/``*.tgz`` of a directory: the shared spool of the NFS model) that the LB host can
 read at the same paths, reports each one (imported, replaced, refused and why), removes imported
 archives and moves refused ones to ``<dir>/refused/`` with a ``.reason`` file beside them, so nothing is
-imported twice and no failure is silent. ``--watch`` keeps importing archives as they appear.
+imported twice and no failure is silent. ``--watch`` keeps importing archives as they appear. Each
+import is a job on the LB that the command asks after until it is done, so no archive is too large for
+the admin API's request timeout; an import lost to a restart of bbb-lb leaves the archive in place.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from addons.cli_admin import AdminClient, CliError, _connection_options, _name, 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 # An archive still being written into the spool is left for the next round.
 SETTLE_S = 2.0
+POLL_MAX_S = 1.0  # the longest between two questions about an import under way
+PROGRESS_EVERY_S = 10.0
 
 
 def _when(ms: int) -> str:
@@ -69,8 +73,24 @@ def archives_in(paths: list[str]) -> list[Path]:
     return found
 
 
+def wait_for_import(client: AdminClient, archive: Path) -> dict[str, Any]:
+    """Start the import as a job on the LB and ask after it until it is done: an archive of any size
+    imports, whatever the admin API's timeout; a line every ``PROGRESS_EVERY_S`` says it is still going."""
+    job = client.call("POST", "/api/recordings/imports", {"path": str(archive.resolve())})
+    delay, told_at = 0.05, time.monotonic()
+    while job.get("state") != "done":
+        time.sleep(delay)
+        delay = min(delay * 2, POLL_MAX_S)
+        job = client.call("GET", f"/api/recordings/imports/{_name(job['job'])}")
+        if job.get("state") != "done" and time.monotonic() - told_at >= PROGRESS_EVERY_S:
+            told_at = time.monotonic()
+            print(f"{archive}: importing ({job.get('elapsed_s', 0):.0f} s, "
+                  f"{int(job.get('bytes', 0)) / 1e6:.1f} MB)", flush=True)
+    return dict(job.get("result") or {"result": "refused", "reason": "the import ended without a result"})
+
+
 def import_one(client: AdminClient, archive: Path, keep: bool) -> dict[str, Any]:
-    outcome = client.call("POST", "/api/recordings/import", {"path": str(archive.resolve())})
+    outcome = wait_for_import(client, archive)
     result = outcome.get("result", "refused")
     if result == "refused":
         print(f"{archive}: refused: {outcome.get('reason', '')}", flush=True)
@@ -80,7 +100,8 @@ def import_one(client: AdminClient, archive: Path, keep: bool) -> dict[str, Any]
             os.replace(archive, refused / archive.name)
             (refused / (archive.name + ".reason")).write_text(str(outcome.get("reason", "")) + "\n", encoding="utf-8")
     else:
-        print(f"{archive}: {result} recording {outcome.get('record_id')}", flush=True)
+        detail = " (it was there already: the stored copy is replaced)" if result == "replaced" else ""
+        print(f"{archive}: {result} recording {outcome.get('record_id')}{detail}", flush=True)
         if not keep:
             with contextlib.suppress(OSError):
                 archive.unlink()

@@ -1,13 +1,18 @@
-"""/api/recordings: the recordings index for operators (list, show, publish/unpublish/delete, import)."""
+"""/api/recordings: the recordings index for operators (list, show, publish/unpublish/delete, import).
+
+An import from the CLI is a job (``/api/recordings/imports``): answered at once, asked after until done,
+so no archive is too large for a request timeout. ``/api/recordings/import`` answers when it is done."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from aiohttp import web
 
 from lb_core.admin_http import BadRequest, Route, Routes, json_response, read_object
 from lb_core.controls import NotFound
+from lb_core.recording_service import UploadRefused
 
 
 class RecordingRoutes(Routes):
@@ -18,6 +23,8 @@ class RecordingRoutes(Routes):
             ("GET", "/api/recordings", self.list_all),
             ("GET", "/api/recordings/{id}", self.show),
             ("POST", "/api/recordings/import", self.import_file),
+            ("POST", "/api/recordings/imports", self.start_import),
+            ("GET", "/api/recordings/imports/{job}", self.import_job),
             ("POST", "/api/recordings/{id}/{action:publish|unpublish|delete}", self.action),
         ]
 
@@ -48,12 +55,30 @@ class RecordingRoutes(Routes):
 
     async def import_file(self, request: web.Request) -> web.Response:
         """Import an archive from a path the LB can read (a spool directory shared with the BBB servers)."""
-        body = read_object(await request.read())
-        path = body.get("path")
-        if not isinstance(path, str) or not path or "\x00" in path:
-            raise BadRequest("path: expected the archive's path on the bbb-lb host")
-        if not os.path.isfile(path):
-            raise BadRequest(f"path: no such file {path!r} on the bbb-lb host")
-        server = body.get("server")
-        return json_response(await self.running.recordings().import_file(path, server if isinstance(server, str)
-                                                                           else None))
+        path, server = _import_request(read_object(await request.read()))
+        return json_response(await self.running.recordings().import_file(path, server))
+
+    async def start_import(self, request: web.Request) -> web.Response:
+        """Start an import job: 202 with its id at once; ``GET /api/recordings/imports/{job}`` until done."""
+        path, server = _import_request(read_object(await request.read()))
+        try:
+            return json_response(self.running.recordings().start_import(path, server), status=202)
+        except UploadRefused as exc:
+            return json_response({"error": str(exc)}, status=exc.status)
+
+    async def import_job(self, request: web.Request) -> web.Response:
+        job = self.running.recordings().import_job(request.match_info["job"])
+        if job is None:
+            raise NotFound(f"no import job {request.match_info['job']!r} (bbb-lb restarted since?)")
+        return json_response(job)
+
+
+def _import_request(body: dict[str, Any]) -> tuple[str, str | None]:
+    """The archive's path (a file on the bbb-lb host) and the server it claims to come from."""
+    path = body.get("path")
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise BadRequest("path: expected the archive's path on the bbb-lb host")
+    if not os.path.isfile(path):
+        raise BadRequest(f"path: no such file {path!r} on the bbb-lb host")
+    server = body.get("server")
+    return path, server if isinstance(server, str) else None

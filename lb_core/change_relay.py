@@ -8,6 +8,7 @@ thing is dropped or read again from the store.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from lb_core.cluster import Cluster
 from lb_core.config import Config
@@ -18,13 +19,15 @@ from lb_core.lifecycle import MeetingLifecycle
 from lb_core.listings import ListingsCache
 from lb_core.meetings import MeetingRegistry
 from lb_core.policy import Policy
+from lb_core.recording_index import RecordingIndex
 from lb_core.store import Store
 
 
 class ChangeRelay:
     def __init__(self, cluster: Cluster, config: Config, store: Store, meetings: MeetingRegistry,
                  overrides: ServerOverrides, integrations: Integrations, policy: Policy,
-                 lifecycle: MeetingLifecycle, listings: ListingsCache, poll_soon: Callable[[], None]) -> None:
+                 lifecycle: MeetingLifecycle, listings: ListingsCache, poll_soon: Callable[[], None],
+                 recordings: RecordingIndex | None = None) -> None:
         self.cluster = cluster
         self.config = config
         self.store = store
@@ -35,6 +38,7 @@ class ChangeRelay:
         self.lifecycle = lifecycle
         self.listings = listings
         self.poll_soon = poll_soon
+        self.recordings = recordings
 
     def listen(self) -> None:
         """Meetings changed here are told to every process; notices from all of them are applied here."""
@@ -44,6 +48,8 @@ class ChangeRelay:
             await cluster.publish("meeting", key)
 
         self.meetings.share(cluster, meeting_changed)
+        if self.recordings is not None:  # each write to the index: every process reads that recording again
+            self.recordings.on_change = partial(cluster.publish, "recording")
         cluster.on_change = self.changed
         cluster.listen()
 
@@ -60,6 +66,8 @@ class ChangeRelay:
             self.poll_soon()
         elif kind == "integrations":
             await self.integrations.load()
+        elif kind == "recording" and self.recordings is not None:
+            await self.recordings.refresh(subject)
         elif kind == "rules":
             self.policy.set_global_rules(self.config.rules)
             await load_global_rules(self.store, self.policy)
@@ -68,3 +76,5 @@ class ChangeRelay:
             await self.overrides.apply()
             await self.integrations.load()
             self.lifecycle.running.clear()
+            if self.recordings is not None:
+                await self.recordings.reload()

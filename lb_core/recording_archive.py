@@ -28,7 +28,10 @@ INCOMING = ".incoming"
 TRASH = ".trash"
 DELETED = ".deleted"
 UNPUBLISHED = ".unpublished"
-COPY_CHUNK = 1024 * 1024
+# Each read and write of a member is one system call the kernel runs to its end (PREEMPT_NONE, the usual
+# server kernel): with 1 MiB ones, the API process woken on the same core waited up to a millisecond for
+# the import worker, whatever its priority (join p99 +30..70 % during imports). 64 KiB ones end in ~20 us.
+COPY_CHUNK = 64 * 1024
 
 
 class ArchiveRefused(Exception):

@@ -5,22 +5,27 @@ Fed by the sync (each live server's getRecordings, ``recording_sync``) and by im
 is kept as ``pending`` until the origin server has taken it, and a sync never overwrites it.
 
 Lookups never scan: recordings are held in memory by recordID, by (integration, meetingID) and by
-integration, so a getRecordings with a meetingID filter costs what it returns, not what is indexed.
-Works on any ``Store`` (TinyDB, memory, Redis).
+integration, so a getRecordings with a meetingID filter costs what it returns, not what is indexed. A
+``recordID`` item is a prefix, as in bbb-web ("only the first characters"): each integration keeps its
+recordIDs sorted, so an item costs a bisection plus its matches, and never reaches another's recordings.
+Works on any ``Store`` (TinyDB, memory, Redis). Several processes on one Redis each hold these lookups:
+every write is followed by a change notice (``on_change``, the cluster's channel), on which each process
+reads that one document again (``refresh``), so a change made through any process is seen by all at once.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from lxml import etree
 
-from lb_core import bbbxml
+from lb_core import bbbxml, errors
 from lb_core.lru import LruCache
 from lb_core.pool import Pool
 from lb_core.store import Store
@@ -32,6 +37,13 @@ STATES = ("processing", "processed", "published", "unpublished", "deleted")
 DEFAULT_STATES = frozenset({"published", "unpublished"})  # bbb-web's, when no state is asked for
 INTERNAL_IDS_MAX = 50_000
 DAY_MS = 86_400_000
+RECORD_ID_ITEMS_MAX = 100  # recordID items (prefixes) in one getRecordings, as bbblb allows
+
+
+def check_record_id_items(record_ids: list[str]) -> None:
+    """More prefixes than ``RECORD_ID_ITEMS_MAX`` is refused: each one costs a lookup (and, unknown, a fan-out)."""
+    if len(record_ids) > RECORD_ID_ITEMS_MAX:
+        raise errors.invalid_parameter(f"recordID takes at most {RECORD_ID_ITEMS_MAX} items")
 
 
 def now_ms() -> int:
@@ -144,32 +156,55 @@ class RecordingIndex:
         self._docs: dict[str, dict[str, Any]] = {}
         self._by_meeting: dict[tuple[str, str], set[str]] = {}
         self._by_integration: dict[str, set[str]] = {}
+        self._sorted_ids: dict[str, list[str]] = {}  # integration -> its recordIDs, sorted: prefix lookups
+        self._bulk = False  # while loading: appended, sorted once at the end
         self._counts: dict[str, int] = dict.fromkeys(STATES, 0)  # by state, kept as documents change
         # internalMeetingID -> (server, integration), learned from creates: a recording's origin before any sync.
         self._created: LruCache[str, tuple[str, str]] = LruCache(INTERNAL_IDS_MAX)
         self.last_imports: list[dict[str, Any]] = []  # newest last, bounded: the dashboard's "last imports"
+        # Several processes on one Redis: told after each write, so every process reads the document again.
+        self.on_change: Callable[[str], Awaitable[None]] | None = None
 
     async def load(self) -> None:
-        for record_id, doc in (await self.store.all(TABLE)).items():
-            doc.setdefault("record_id", record_id)
-            self._keep(doc)
+        self._bulk = True
+        try:
+            for record_id, doc in (await self.store.all(TABLE)).items():
+                doc.setdefault("record_id", record_id)
+                self._keep(doc)
+        finally:
+            self._bulk = False
+            for ids in self._sorted_ids.values():
+                ids.sort()
 
     # --- keys -------------------------------------------------------------------------------------
 
     def _keep(self, doc: dict[str, Any]) -> None:
         record_id = doc["record_id"]
+        owner = doc.get("integration", "default")
         old = self._docs.get(record_id)
+        same_owner = old is not None and old.get("integration", "default") == owner
         if old is not None:
-            self._unkeep(old)
+            self._unkeep(old, keep_sorted=same_owner)
         self._docs[record_id] = doc
         state = doc.get("state", "processed")
         self._counts[state] = self._counts.get(state, 0) + 1
-        owner = doc.get("integration", "default")
         self._by_meeting.setdefault((owner, doc.get("meeting_id", "")), set()).add(record_id)
         self._by_integration.setdefault(owner, set()).add(record_id)
+        if not same_owner:
+            ids = self._sorted_ids.setdefault(owner, [])
+            if self._bulk:
+                ids.append(record_id)
+            else:
+                bisect.insort(ids, record_id)
 
-    def _unkeep(self, doc: dict[str, Any]) -> None:
+    def _unkeep(self, doc: dict[str, Any], keep_sorted: bool = False) -> None:
         owner, record_id = doc.get("integration", "default"), doc["record_id"]
+        if not keep_sorted:
+            ids_sorted = self._sorted_ids.get(owner)
+            if ids_sorted:
+                at = bisect.bisect_left(ids_sorted, record_id)
+                if at < len(ids_sorted) and ids_sorted[at] == record_id:
+                    del ids_sorted[at]
         state = doc.get("state", "processed")
         self._counts[state] = self._counts.get(state, 0) - 1
         key = (owner, doc.get("meeting_id", ""))
@@ -182,16 +217,42 @@ class RecordingIndex:
         if ids is not None:
             ids.discard(record_id)
 
+    async def reload(self) -> None:
+        """Read the whole table again (change notices were missed: Redis was away)."""
+        self._docs.clear()
+        self._by_meeting.clear()
+        self._by_integration.clear()
+        self._sorted_ids.clear()
+        self._counts = dict.fromkeys(STATES, 0)
+        await self.load()
+
+    async def refresh(self, record_id: str) -> None:
+        """Another process (or this one) changed this recording: take the stored document."""
+        doc = await self.store.get(TABLE, record_id)
+        if doc is None:
+            old = self._docs.pop(record_id, None)
+            if old is not None:
+                self._unkeep(old)
+            return
+        doc.setdefault("record_id", record_id)
+        self._keep(doc)
+
     async def save(self, doc: dict[str, Any]) -> None:
         doc["updated_at"] = now_ms()
         await self.store.put(TABLE, doc["record_id"], doc)
         self._keep(doc)
+        await self._changed(doc["record_id"])
 
     async def drop(self, record_id: str) -> None:
         doc = self._docs.pop(record_id, None)
         if doc is not None:
             self._unkeep(doc)
             await self.store.delete(TABLE, record_id)
+            await self._changed(record_id)
+
+    async def _changed(self, record_id: str) -> None:
+        if self.on_change is not None:
+            await self.on_change(record_id)
 
     # --- reads --------------------------------------------------------------------------------------
 
@@ -201,6 +262,20 @@ class RecordingIndex:
     def owned(self, record_id: str, owner: str) -> dict[str, Any] | None:
         doc = self._docs.get(record_id)
         return doc if doc is not None and doc.get("integration") == owner else None
+
+    def with_prefix(self, owner: str, prefix: str) -> Iterator[str]:
+        """``owner``'s recordIDs starting with ``prefix`` (the ID itself included), in order: a bisection, then
+        only the matches are walked."""
+        ids = self._sorted_ids.get(owner)
+        if not ids or not prefix:
+            return
+        at = bisect.bisect_left(ids, prefix)
+        while at < len(ids) and ids[at].startswith(prefix):
+            yield ids[at]
+            at += 1
+
+    def knows_prefix(self, owner: str, prefix: str) -> bool:
+        return next(self.with_prefix(owner, prefix), None) is not None
 
     def __len__(self) -> int:
         return len(self._docs)
@@ -214,7 +289,9 @@ class RecordingIndex:
     def query(self, owner: str, query: Query) -> tuple[list[dict[str, Any]], int]:
         """``owner``'s recordings matching every filter, newest first, paged; and how many matched."""
         if query.record_ids:
-            candidates: Iterable[str] = dict.fromkeys(query.record_ids)
+            check_record_id_items(query.record_ids)
+            candidates: Iterable[str] = dict.fromkeys(
+                r for prefix in query.record_ids for r in self.with_prefix(owner, prefix))
         elif query.meeting_ids:
             candidates = {r for m in query.meeting_ids for r in self._by_meeting.get((owner, m), ())}
         else:

@@ -168,7 +168,8 @@ class LoadBalancer:
             cluster = self.cluster
             self.recordings.leads = lambda: cluster.leader
             self.relay = ChangeRelay(cluster, config, self.store, self.meetings, self.overrides, self.integrations,
-                                     self.policy, lifecycle, self.listings, self.monitor.poll_soon)
+                                     self.policy, lifecycle, self.listings, self.monitor.poll_soon,
+                                     recordings=self.recordings.index)
             self.relay.listen()
             if poll:
                 self.shared_poller = SharedPoller(self.cluster, self.monitor, self.pool, config, self.status,

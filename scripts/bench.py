@@ -823,6 +823,29 @@ async def upload_forever(url: str, archive: Path, server: SimServer, stop_after:
             print(f"  upload {uploads}: HTTP 200 in {took:.2f} s", flush=True)
 
 
+async def import_forever(admin_url: str, token: str, archive: Path, stop_after: float) -> None:
+    """Import the archive from disk again and again through the admin API's import jobs (no upload): what
+    the import worker alone costs the API process, apart from reading an upload's body."""
+    deadline = time.monotonic() + stop_after
+    headers = {"Authorization": f"Bearer {token}"}
+    imports = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            async with session.post(f"{admin_url}/api/recordings/imports", json={"path": str(archive)},
+                                    headers=headers) as resp:
+                job = await resp.json()
+            delay = 0.05
+            while job.get("state") == "running":  # asked after as `bbb-lb recordings import` does
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                async with session.get(f"{admin_url}/api/recordings/imports/{job['job']}", headers=headers) as resp:
+                    job = await resp.json()
+            imports += 1
+            result = (job.get("result") or {}).get("result", job)
+            print(f"  import {imports}: {result} in {time.monotonic() - started:.2f} s", flush=True)
+
+
 def bbb_lb_cases(command: list[str] | None) -> list[Case]:
     """bbb-lb cases; empty when ``bbb-lb run --config`` does not work in this venv."""
     if not command:
@@ -900,6 +923,22 @@ def bbb_lb_cases(command: list[str] | None) -> list[Case]:
                                "and imported; compare p99 with lb-join-recordings")
         return setup
 
+    async def join_during_spool_import(env: Env) -> Target:
+        """As lb-join-during-import, but the archive is imported from disk (``bbb-lb recordings import``):
+        the import worker's share of the join p99 rise, without the upload's body reading."""
+        folder = env.new_dir("recording-spool-import")
+        archive = recording_archive(folder, "e" * 40 + "-1700000000000", 100 * 1024 * 1024)
+        admin_port, token = free_port(), "bench-admin-token-0123456789"
+        sim, lb, ids = await lb_with_meetings(env, 3, 1000, extra={
+            "recordings": {"storage": str(folder / "storage")},
+            "admin": {"host": "127.0.0.1", "port": admin_port, "token": token}})
+        task = asyncio.get_running_loop().create_task(
+            import_forever(f"http://127.0.0.1:{admin_port}", token, archive,
+                           env.args.duration * len(CONCURRENCY) + 2))
+        env.background.append(task)
+        return Target(lb.url, join_paths(lb, ids), pids=lb_pids(lb, sim),
+                      note="100 MB archives imported from disk back to back; compare p99 with lb-join-recordings")
+
     def growth(call: str, meetings: int, servers: int) -> Callable[[Env], Awaitable[Target]]:
         async def setup(env: Env) -> Target:
             sim, lb, ids = await lb_with_meetings(env, servers, meetings)
@@ -951,6 +990,8 @@ def bbb_lb_cases(command: list[str] | None) -> list[Case]:
              setup=join_with_recordings(uploads=False), baseline="lb-join"),
         Case("lb-join-during-import", "join redirect while 100 MB recording archives are uploaded and imported",
              setup=join_with_recordings(uploads=True), baseline="lb-join-recordings"),
+        Case("lb-join-during-spool-import", "join redirect while 100 MB archives are imported from disk (no upload)",
+             setup=join_during_spool_import, baseline="lb-join-recordings"),
         Case("lb-getMeetingEvents-100k-scan", "getMeetingEvents with a filter nothing matches (full scan)",
              setup=meeting_events(scan=True), baseline="lean-local"),
     ]

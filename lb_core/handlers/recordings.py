@@ -12,6 +12,7 @@ from lb_core.errors import ApiError
 from lb_core.handlers.context import Context, has_reserved_meta
 from lb_core.handlers.listings import visible_to
 from lb_core.query import RawQuery, encode_value
+from lb_core.recording_index import check_record_id_items
 
 
 async def locate_recordings(ctx: Context, record_ids: list[str]) -> dict[str, list[str]]:
@@ -64,15 +65,25 @@ async def recordings_action(ctx: Context) -> Answer:
 
 
 async def learn_unindexed(ctx: Context, record_ids: list[str]) -> None:
-    """Recordings the index does not know by ID are asked of the live servers (bounded: 100 IDs per call)."""
+    """Recordings the index does not know by ID are asked of the live servers (bounded: 100 IDs per call).
+
+    In getRecordings an item is a prefix (bbb-web's wildcard): one that matches none of the caller's
+    recordings is asked for, and what the servers answer under it is learnt."""
     index = ctx.services.recordings
-    missing = [r for r in record_ids if index.get(r) is None][:100]
+    prefixes = ctx.call.name == "getRecordings"
+    if prefixes:
+        check_record_id_items(record_ids)
+        owner = ctx.call.integration.name
+        missing = [r for r in record_ids if not index.knows_prefix(owner, r)][:100]
+    else:
+        missing = [r for r in record_ids if index.get(r) is None][:100]
     if not missing:
         return
     query = RawQuery.parse("recordID=" + encode_value(",".join(missing)) + "&state=any")
     for server, root in await ctx.services.forwarder.fan_out("getRecordings", query, ctx.trace):
         for node in root.iterfind("recordings/recording"):
-            if (node.findtext("recordID") or "") in missing:
+            record_id = node.findtext("recordID") or ""
+            if record_id in missing or (prefixes and any(record_id.startswith(p) for p in missing)):
                 await index.synced(server.name, node)
 
 
