@@ -18,7 +18,7 @@ from lb_core.api import API_PREFIX, Answer, Request
 from lb_core.errors import ApiError, request_too_large
 from lb_core.handlers import CALLS, is_upload
 from lb_core.recording_http import UPLOAD_PATH
-from lb_core.recording_service import UploadRefused
+from lb_core.recording_imports import UploadRefused
 from lb_core.service import LoadBalancer
 from lb_core.store import Store
 from lb_core.trace import Handled, Trace
@@ -103,17 +103,17 @@ class BbbLoadBalancer:
     def _recording_upload_headers(self, flow: http.HTTPFlow) -> None:
         """A recording upload: the server's token and the size are judged from the head, and the body is
         written to a spool file as it arrives (never held in memory), up to recordings.max_upload_bytes."""
-        recordings = self.lb.recordings if self.lb is not None else None
-        if recordings is None:  # not started yet: the gateway answers once the (small) body is in
+        imports = self.lb.recording_imports if self.lb is not None else None
+        if imports is None:  # not started yet: the gateway answers once the (small) body is in
             flow.metadata[BODY_LIMIT] = self.config.limits.max_body_bytes if self.config is not None else 0
             return
         refusal: UploadRefused | None = None
         try:
             if flow.request.method != "POST":
                 raise UploadRefused(405, "unsupportedRequest", "Uploads are POSTed.")
-            recordings.authorize(flow.request.headers.get("authorization", ""))
+            imports.authorize(flow.request.headers.get("authorization", ""))
             length = flow.request.headers.get("content-length", "").strip()
-            if length.isdigit() and int(length) > recordings.settings.max_upload_bytes:
+            if length.isdigit() and int(length) > imports.settings.max_upload_bytes:
                 raise UploadRefused(413, "requestTooLarge", "The archive is larger than recordings.max_upload_bytes.")
         except UploadRefused as exc:
             refusal = exc
@@ -127,8 +127,8 @@ class BbbLoadBalancer:
                 self.answer(flow, handled, 0.0)
             return
         if self._upload_throttle is None:
-            self._upload_throttle = UploadThrottle(recordings.settings.upload_rate_limit)
-        flow.metadata[SPOOL] = Spool(str(recordings.new_spool_file()), recordings.settings.max_upload_bytes,
+            self._upload_throttle = UploadThrottle(imports.settings.upload_rate_limit)
+        flow.metadata[SPOOL] = Spool(str(imports.new_spool_file()), imports.settings.max_upload_bytes,
                                      self._upload_throttle)
 
     def _unsigned_upload(self, flow: http.HTTPFlow, call: str, raw_query: str) -> ApiError | None:

@@ -19,6 +19,7 @@ from lb_core.controls import ControlError, NotFound
 from lb_core.controls_integrations import IntegrationControls
 from lb_core.controls_rules import RuleControls
 from lb_core.controls_servers import ServerControls
+from lb_core.recording_imports import RecordingImports
 from lb_core.recording_service import Recordings
 from lb_core.service import LoadBalancer
 
@@ -103,6 +104,9 @@ class Running:
 
     def recordings(self) -> Recordings:
         return self._started(self.lb().recordings)
+
+    def recording_imports(self) -> RecordingImports:
+        return self._started(self.lb().recording_imports)
 
     @staticmethod
     def _started(part: T | None) -> T:

@@ -12,11 +12,11 @@ from aiohttp import web
 
 from lb_core.admin_http import BadRequest, Route, Routes, json_response, read_object
 from lb_core.controls import NotFound
-from lb_core.recording_service import UploadRefused
+from lb_core.recording_imports import UploadRefused
 
 
 class RecordingRoutes(Routes):
-    """Each route asks ``recording_service.Recordings`` of the running LB."""
+    """Each route asks the running LB's ``Recordings`` (list, show, change) or ``RecordingImports``."""
 
     def routes(self) -> list[Route]:
         return [
@@ -56,18 +56,18 @@ class RecordingRoutes(Routes):
     async def import_file(self, request: web.Request) -> web.Response:
         """Import an archive from a path the LB can read (a spool directory shared with the BBB servers)."""
         path, server = _import_request(read_object(await request.read()))
-        return json_response(await self.running.recordings().import_file(path, server))
+        return json_response(await self.running.recording_imports().import_file(path, server))
 
     async def start_import(self, request: web.Request) -> web.Response:
         """Start an import job: 202 with its id at once; ``GET /api/recordings/imports/{job}`` until done."""
         path, server = _import_request(read_object(await request.read()))
         try:
-            return json_response(self.running.recordings().start_import(path, server), status=202)
+            return json_response(self.running.recording_imports().start_import(path, server), status=202)
         except UploadRefused as exc:
             return json_response({"error": str(exc)}, status=exc.status)
 
     async def import_job(self, request: web.Request) -> web.Response:
-        job = self.running.recordings().import_job(request.match_info["job"])
+        job = self.running.recording_imports().import_job(request.match_info["job"])
         if job is None:
             raise NotFound(f"no import job {request.match_info['job']!r} (bbb-lb restarted since?)")
         return json_response(job)

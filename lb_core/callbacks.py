@@ -54,15 +54,17 @@ class Callbacks:
     """Takes callback URLs out of creates, and answers BBB's calls to the LB's own callback URLs."""
 
     def __init__(self, store: Store, pool: Pool, public_url: str,
-                 meeting_ended: Callable[[str, str, str], Awaitable[bool]], deliveries: Deliveries) -> None:
+                 meeting_ended: Callable[[str, str, str], Awaitable[bool]], deliveries: Deliveries,
+                 on_recording_ready: Callable[[str], None] | None = None) -> None:
         """``meeting_ended``: asks the meeting's server whether it ended, and forgets it if so
-        (``MeetingLifecycle.meeting_ended``)."""
+        (``MeetingLifecycle.meeting_ended``); ``on_recording_ready``: a server has a new recording
+        (``RecordingSync.sync_soon``)."""
         self.store = store
         self.pool = pool
         self.public_url = public_url.rstrip("/")
         self.meeting_ended = meeting_ended
         self.deliveries = deliveries
-        self.on_recording_ready: Callable[[str], None] | None = None  # a server has a new recording
+        self.on_recording_ready = on_recording_ready
 
     # --- on create ----------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -261,3 +262,14 @@ class RecordingsConfig(Model):
     @classmethod
     def _absolute(cls, value: str | None, info: ValidationInfo) -> str | None:
         return from_base(value, info) if value else None
+
+    @property
+    def storage_dir(self) -> Path | None:
+        """None: no recording server (uploads refused, nothing stored or played back)."""
+        return Path(self.storage) if self.storage else None
+
+    @property
+    def spool_dir(self) -> Path | None:
+        if self.spool:
+            return Path(self.spool)
+        return self.storage_dir / ".spool" if self.storage_dir is not None else None

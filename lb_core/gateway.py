@@ -29,12 +29,12 @@ class Gateway:
     """Dispatches each request: callbacks, the version answer, or a verified call to its handler."""
 
     def __init__(self, config: Config, verifier: Verifier, services: Services,
-                 callbacks: Callbacks | None = None) -> None:
+                 callbacks: Callbacks | None = None, recording_doors: RecordingDoors | None = None) -> None:
         self.config = config
         self.verifier = verifier
         self.services = services
         self.callbacks = callbacks
-        self.recording_doors: RecordingDoors | None = None  # uploads and playback, once recordings run
+        self.recording_doors = recording_doors  # uploads and playback on the API port
 
     async def handle(self, request: Request) -> Handled:
         trace = Trace()

@@ -20,7 +20,8 @@ from urllib.parse import unquote, urlsplit
 from lb_core import bbbxml
 from lb_core.api import Answer, Request
 from lb_core.recording_archive import SAFE_NAME
-from lb_core.recording_service import Recordings, UploadRefused
+from lb_core.recording_imports import RecordingImports, UploadRefused
+from lb_core.recording_index import RecordingIndex
 from lb_core.trace import Trace
 
 UPLOAD_PATH = "/bigbluebutton/lb/recordings"
@@ -41,8 +42,9 @@ def _answer(status: int, key: str, message: str, **fields: object) -> Answer:
 
 
 class RecordingDoors:
-    def __init__(self, recordings: Recordings, public_url: str) -> None:
-        self.recordings = recordings
+    def __init__(self, imports: RecordingImports, index: RecordingIndex, public_url: str) -> None:
+        self.imports = imports
+        self.index = index
         self.prefix = urlsplit(public_url).path.rstrip("/") + "/"
 
     def handles(self, path: str) -> bool:
@@ -66,13 +68,13 @@ class RecordingDoors:
         try:
             if request.method != "POST":
                 raise UploadRefused(405, "unsupportedRequest", "Uploads are POSTed.")
-            server = self.recordings.authorize(request.headers.get("authorization", ""))
+            server = self.imports.authorize(request.headers.get("authorization", ""))
             if spool is None:
-                if len(request.body) > self.recordings.settings.max_upload_bytes:
+                if len(request.body) > self.imports.settings.max_upload_bytes:
                     raise UploadRefused(413, "requestTooLarge", "The archive is larger than recordings.max_upload_bytes.")
-                spool = str(self.recordings.new_spool_file())
+                spool = str(self.imports.new_spool_file())
                 await asyncio.to_thread(_write_private, spool, request.body)
-            outcome = await self.recordings.import_file(spool, server.name)
+            outcome = await self.imports.import_file(spool, server.name)
         except UploadRefused as exc:
             return _answer(exc.status, exc.key, str(exc))
         finally:
@@ -125,7 +127,7 @@ class RecordingDoors:
 
     def _file_for(self, url_path: str) -> Path | None:
         """The stored file a playback path names, only for a published recording and never outside it."""
-        storage = self.recordings.storage
+        storage = self.imports.settings.storage_dir
         if storage is None:
             return None
         parts = [unquote(p) for p in url_path[len(self.prefix):].split("/")]
@@ -136,7 +138,7 @@ class RecordingDoors:
             return None
         if any(p in (".", "..") or "\\" in p or "\x00" in p or p.startswith(".") for p in rest):
             return None
-        doc = self.recordings.index.get(record_id)
+        doc = self.index.get(record_id)
         if doc is None or doc.get("state") != "published" or fmt not in (doc.get("stored_formats") or ()):
             return None
         base = storage / record_id / fmt

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +42,10 @@ from lb_core.policy import Policy
 from lb_core.poll_followup import PollFollowUp
 from lb_core.pool import Pool
 from lb_core.recording_http import RecordingDoors
+from lb_core.recording_imports import RecordingImports
 from lb_core.recording_index import RecordingIndex
 from lb_core.recording_service import Recordings
+from lb_core.recording_sync import RecordingSync
 from lb_core.store import Store, make_store
 from lb_core.store_memory import MemoryStore
 from lb_core.store_redis import RedisStore
@@ -56,35 +58,42 @@ META_TABLE = "meta"
 
 @dataclass(frozen=True, slots=True)
 class Api:
-    """The API side of an LB: the gateway and the services its handlers use."""
+    """The API side of an LB: the gateway, the services its handlers use, and the recordings' sync and
+    imports (the LB starts and stops them)."""
 
     gateway: Gateway
     services: Services
+    recording_sync: RecordingSync
+    recording_imports: RecordingImports
 
 
 def assemble(config: Config, pool: Pool, meetings: MeetingRegistry, events: EventLog, backend: BackendClient,
              integrations: Integrations, instance_id: str, *, locate: Locate | None = None,
-             store: Store | None = None, deliveries: Deliveries | None = None, policy: Policy | None = None) -> Api:
+             store: Store | None = None, deliveries: Deliveries | None = None, policy: Policy | None = None,
+             leads: Callable[[], bool] | None = None) -> Api:
     """The gateway and its services, each built after what it needs (callbacks only with a store and
     ``deliveries``). ``LoadBalancer`` starts this (and loads the recordings index); tests may build it over
-    a scripted backend (their index then lives in memory)."""
+    a scripted backend (their index then lives in memory). ``leads``: whether this process reads the
+    servers' recordings (several processes on one Redis: only the poller does)."""
     forwarder = Forwarder(config, pool, backend)
     listings = ListingsCache(config, pool, forwarder)
+    # Recordings that outlive their servers: the index, kept in step with the servers and changed through
+    # the LB; archives imported (uploads and playback on the API port).
     recordings = RecordingIndex(store if store is not None else MemoryStore(), pool, config.recordings.retention_days)
+    recording_sync = RecordingSync(config, pool, backend, recordings, leads)
+    recording_changes = Recordings(config.recordings, pool, recordings, recording_sync)
     lifecycle = MeetingLifecycle(config, pool, meetings, events, backend, listings, recordings)
-    callbacks = (Callbacks(store, pool, config.public_url, lifecycle.meeting_ended, deliveries)
+    callbacks = (Callbacks(store, pool, config.public_url, lifecycle.meeting_ended, deliveries,
+                           on_recording_ready=recording_sync.sync_soon)
                  if store is not None and deliveries is not None else None)
+    recording_imports = RecordingImports(config.recordings, pool, recordings,
+                                         callbacks.recording_imported if callbacks is not None else None)
     services = Services(config, pool, meetings, CreateCoordinator(meetings), events, backend, forwarder, listings, recordings, lifecycle,
                         Placer(config, pool, meetings, locate), callbacks, instance_id,
-                        policy if policy is not None else Policy(config.rules))
-    # Recordings that outlive their servers: sync, imports, changes; uploads and playback on the API port.
-    changes = services.recording_changes = Recordings(
-        config, pool, backend, recordings, callbacks.recording_imported if callbacks is not None else None)
-    if callbacks is not None:
-        callbacks.on_recording_ready = changes.sync_soon
-    gateway = Gateway(config, Verifier(config, integrations), services, callbacks)
-    gateway.recording_doors = RecordingDoors(changes, config.recordings_public_url)
-    return Api(gateway, services)
+                        policy if policy is not None else Policy(config.rules), recording_changes)
+    gateway = Gateway(config, Verifier(config, integrations), services, callbacks,
+                      RecordingDoors(recording_imports, recordings, config.recordings_public_url))
+    return Api(gateway, services, recording_sync, recording_imports)
 
 
 class LoadBalancer:
@@ -112,6 +121,8 @@ class LoadBalancer:
         self.lifecycle: MeetingLifecycle | None = None
         self.gateway: Gateway | None = None
         self.recordings: Recordings | None = None
+        self.recording_sync: RecordingSync | None = None
+        self.recording_imports: RecordingImports | None = None
         self.monitor: Monitor | None = None
         self.callbacks: Callbacks | None = None
         self.deliveries: Deliveries | None = None
@@ -145,10 +156,12 @@ class LoadBalancer:
                                      self.integrations, config.callback_retry_delays_s)
         api = assemble(config, self.pool, self.meetings, self.events, backend, self.integrations, self.instance_id,
                        locate=self.locator.locate if self.locator is not None else None,
-                       store=self.store, deliveries=self.deliveries, policy=self.policy)
+                       store=self.store, deliveries=self.deliveries, policy=self.policy,
+                       leads=lambda: self.cluster is None or self.cluster.leader)
         lifecycle = self.lifecycle = api.services.lifecycle
         self.callbacks, self.gateway = api.services.callbacks, api.gateway
         self.recordings = api.services.recording_changes
+        self.recording_sync, self.recording_imports = api.recording_sync, api.recording_imports
         await api.services.recordings.load()
         self.listings = api.services.listings
         if self.cluster is not None:
@@ -166,7 +179,6 @@ class LoadBalancer:
                                           self.tell)
         if self.cluster is not None:
             cluster = self.cluster
-            self.recordings.leads = lambda: cluster.leader
             self.relay = ChangeRelay(cluster, config, self.store, self.meetings, self.overrides, self.integrations,
                                      self.policy, lifecycle, self.listings, self.monitor.poll_soon,
                                      recordings=self.recordings.index)
@@ -177,7 +189,7 @@ class LoadBalancer:
                 self.shared_poller.start()
         if poll:
             self.monitor.start()
-            self.recordings.start()
+            self.recording_sync.start()
         self._background(fill_geoloc(self.locator, self.pool))
         log.info("bbb-lb %s started: %d servers, %d meetings known, %d meeting events",
                  self.instance_id, len(self.pool), len(self.meetings), len(self.events))
@@ -218,8 +230,10 @@ class LoadBalancer:
                     await self.monitor.stop()
             except TimeoutError:
                 log.warning("the poll loop did not stop within %.1f s; left behind", within)
-        if self.recordings is not None:
-            await self.recordings.stop()
+        if self.recording_sync is not None:
+            await self.recording_sync.stop()
+        if self.recording_imports is not None:
+            await self.recording_imports.stop()
         if self.deliveries is not None:
             await self.deliveries.close()
         if self.backend is not None:

@@ -74,7 +74,7 @@ class Services:
     callbacks: Callbacks | None
     instance_id: str
     policy: Policy = field(default_factory=Policy)  # rules, participant counts, refusals by limit
-    recording_changes: Recordings | None = None  # the index's sync, imports and changes
+    recording_changes: Recordings | None = None  # publish, unpublish, delete, update: the index, then the origin
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ from lb_core.calls import bbb_call
 from lb_core.config_sections import IntegrationConfig
 from lb_core.handlers.context import Context
 from lb_core.listings import owner_of
-from lb_core.recording_index import Query, recording_fields
+from lb_core.recording_docs import Query, recording_fields
 
 
 def visible_to(node: etree._Element, integration: IntegrationConfig) -> bool:

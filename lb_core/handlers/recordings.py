@@ -12,7 +12,7 @@ from lb_core.errors import ApiError
 from lb_core.handlers.context import Context, has_reserved_meta
 from lb_core.handlers.listings import visible_to
 from lb_core.query import RawQuery, encode_value
-from lb_core.recording_index import check_record_id_items
+from lb_core.recording_docs import check_record_id_items
 
 
 async def locate_recordings(ctx: Context, record_ids: list[str]) -> dict[str, list[str]]:

@@ -65,7 +65,7 @@ async def recordings(lb, sim):  # type: ignore[no-untyped-def]
     sim.add_recording("bbb2", "m-a", "rec-2", meta={"presenter": "joe", "category": "sports"})
     sim.add_recording("bbb3", "m-b", "rec-3", meta={"presenter": "ann"}, state="unpublished", published=False)
     sim.add_recording("bbb4", "m-c", "rec-4", meta={"presenter": "joe", "category": "education"})
-    await lb.lb.recordings.sync_all()  # getRecordings answers from the index the sync fills
+    await lb.lb.recording_sync.sync_all()  # getRecordings answers from the index the sync fills
     return lb
 
 

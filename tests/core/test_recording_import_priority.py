@@ -12,9 +12,9 @@ async def test_the_import_worker_runs_at_idle_cpu_priority(lb) -> None:  # type:
     """A nice level (the worker ran at nice 10) only shares a core out over the next milliseconds: a join
     waking the event loop waited behind the import, which raised join p99 during imports. SCHED_IDLE
     gives the core to the event loop at once."""
-    recordings = lb.lb.recordings
-    assert await recordings._in_worker(os.sched_getscheduler, 0) == os.SCHED_IDLE
-    assert await recordings._in_worker(os.getpriority, os.PRIO_PROCESS, 0) == 19
+    imports = lb.lb.recording_imports
+    assert await imports._in_worker(os.sched_getscheduler, 0) == os.SCHED_IDLE
+    assert await imports._in_worker(os.getpriority, os.PRIO_PROCESS, 0) == 19
     assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the API process itself is untouched
 
 

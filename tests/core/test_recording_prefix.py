@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from lb_core.errors import ApiError
 from lb_core.pool import Pool
-from lb_core.recording_index import RECORD_ID_ITEMS_MAX, Query, RecordingIndex
+from lb_core.recording_docs import RECORD_ID_ITEMS_MAX, Query
+from lb_core.recording_index import RecordingIndex
 from lb_core.store_memory import MemoryStore
 
 
@@ -39,7 +40,7 @@ async def test_a_record_id_item_matches_the_recordings_it_starts(lb_factory, sim
     sim.add_recording("bbb1", "room", "abc-2", start_time=2)
     sim.add_recording("bbb1", "room", "abd-1", start_time=3)
     sim.add_recording("bbb2", "room", "abc-9", meta={"mconflb-institution": "moodle"}, start_time=4)
-    await lb.lb.recordings.sync_all()
+    await lb.lb.recording_sync.sync_all()
     assert record_ids(await lb.call("getRecordings", {"recordID": "abc"})) == ["abc-2", "abc-1"]
     assert record_ids(await lb.call("getRecordings", {"recordID": "ab"})) == ["abd-1", "abc-2", "abc-1"]
     assert record_ids(await lb.call("getRecordings", {"recordID": "abc,abd-1"})) == ["abd-1", "abc-2", "abc-1"]
@@ -54,7 +55,7 @@ async def test_a_record_id_item_matches_the_recordings_it_starts(lb_factory, sim
 
 async def test_more_record_id_items_than_the_bound_are_refused_as_bbb_refuses_bad_parameters(lb, sim):
     sim.add_recording("bbb1", "room", "rec-1")
-    await lb.lb.recordings.sync_all()
+    await lb.lb.recording_sync.sync_all()
     items = ",".join(f"rec-{i}" for i in range(RECORD_ID_ITEMS_MAX))
     assert record_ids(await lb.call("getRecordings", {"recordID": items})) == ["rec-1"]
     reply = await lb.call("getRecordings", {"recordID": items + ",rec-x"})

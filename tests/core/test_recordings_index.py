@@ -11,7 +11,8 @@ from typing import Any
 import jwt
 import pytest
 
-from lb_core.recording_index import DAY_MS, Query
+from lb_core.recording_docs import Query
+from lb_core.recording_index import DAY_MS
 from tests.core.conftest import PUBLIC_URL
 
 
@@ -20,7 +21,7 @@ def record_ids(reply) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 async def synced(lb) -> None:  # type: ignore[no-untyped-def]
-    await lb.lb.recordings.sync_all()
+    await lb.lb.recording_sync.sync_all()
 
 
 # --- sync ----------------------------------------------------------------------------------------------
@@ -317,7 +318,7 @@ async def test_recording_ready_fires_after_the_import_signed_for_the_integration
 async def test_the_sync_pages_through_a_large_server_and_stops_when_pagination_is_ignored(lb, sim, monkeypatch):
     for i in range(250):
         sim.add_recording("bbb1", f"room-{i % 10}", f"rec-{i:03d}")
-    assert await lb.lb.recordings.sync_server(lb.lb.pool.get("bbb1")) == 250
+    assert await lb.lb.recording_sync.sync_server(lb.lb.pool.get("bbb1")) == 250
     assert len(lb.lb.recordings.index) == 250
     # A server that ignores offset/limit and holds exactly one page: read once, not forever.
     server = sim.server("bbb2")
@@ -337,7 +338,7 @@ async def test_the_sync_pages_through_a_large_server_and_stops_when_pagination_i
         return await original.handler(self, call)
 
     monkeypatch.setitem(bbbsim._CALLS, "getRecordings", dataclasses.replace(original, handler=no_pagination))
-    assert await lb.lb.recordings.sync_server(lb.lb.pool.get("bbb2")) == 100
+    assert await lb.lb.recording_sync.sync_server(lb.lb.pool.get("bbb2")) == 100
     assert asked == ["0", "100"] and len(lb.lb.recordings.index) == 350
 
 

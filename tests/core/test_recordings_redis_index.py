@@ -25,7 +25,7 @@ async def test_the_sync_and_the_purge_of_one_process_reach_the_other(tmp_path: P
     b = await CoreLB(config, lambda: RedisStore(redis_server.url, redis_prefix)).start()
     try:
         sim.add_recording("bbb1", "room", "rec-synced")
-        await a.lb.recordings.sync_all()  # a is the one that reads the servers
+        await a.lb.recording_sync.sync_all()  # a is the one that reads the servers
         await until(lambda: b.lb.recordings.index.get("rec-synced") is not None, timeout=5, what="b to learn it")
         assert ids(await b.call("getRecordings", {"recordID": "rec-syn"})) == ["rec-synced"]
         assert (await b.call("deleteRecordings", {"recordID": "rec-synced"})).field("deleted") == "true"
