@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import gc
 import json
 import logging
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from mitmproxy import ctx, master, options
@@ -31,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 SIMULATOR = REPO / "scripts" / "bbbsim.py"
 log = logging.getLogger("bbb_lb")
 DRAIN_TIMEOUT_S = 10.0  # on SIGTERM, for the calls being answered; the systemd unit's TimeoutStopSec is 20
+STOP_DEADLINE_S = 18.0  # SIGTERM to exit, at most: a stop still running then is ended, before systemd's SIGKILL
 
 
 class StartError(Exception):
@@ -260,9 +263,37 @@ async def serve(config: Config, *, web: bool = False, web_port: int = 8081, web_
         await store.close()
 
 
+def arm_stop_deadline(loop: asyncio.AbstractEventLoop, seconds: float = STOP_DEADLINE_S,
+                      exit_now: Callable[[int], object] = os._exit) -> threading.Timer:
+    """The last resort of a stop: every step is bounded, but should one still hang (a library ignoring its
+    timeout), the process says where every task and thread was, then exits 1 on its own, before systemd's
+    SIGKILL: the operator gets a cause in the journal, not a silent kill. A daemon thread: it never delays
+    an exit."""
+
+    def expired() -> None:
+        out = sys.stderr
+        try:
+            print(f"bbb-lb: the stop did not finish within {seconds:g} s; exiting now. Pending tasks:",
+                  file=out, flush=True)
+            for task in list(asyncio.all_tasks(loop)):
+                task.print_stack(limit=12, file=out)
+            print("Threads:", file=out, flush=True)
+            faulthandler.dump_traceback(file=out, all_threads=True)
+            out.flush()
+        finally:
+            exit_now(1)
+
+    timer = threading.Timer(seconds, expired)
+    timer.name = "bbb-lb stop deadline"
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 async def stop_gracefully(m: master.Master, lb: BbbLoadBalancer) -> None:
     """SIGTERM: listen no more, let the calls being answered finish (and their store writes with them),
-    then stop; the store is flushed and unlocked on the way out."""
+    then stop; the store is flushed and unlocked on the way out, all within ``STOP_DEADLINE_S``."""
+    arm_stop_deadline(asyncio.get_running_loop())
     log.info("stopping: no new connections, %d API calls being answered", lb.in_flight)
     try:
         proxy = m.addons.get("proxyserver")

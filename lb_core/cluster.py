@@ -11,6 +11,9 @@ none of this runs. Every key starts with the store's prefix:
 - ``{prefix}:placed:{server}``: creates placed on a server and not yet seen by a poll (a sorted set by
   time), read and added to in one Lua script, so creates on two processes at once see each other;
 - ``{prefix}:create:{key}``: the create lock of a meeting (``SET NX PX`` with a token);
+- ``{prefix}:voice:{server}``: voice bridges in use on a server (a sorted set, bridge -> when a create
+  claimed it); after each poll the poller makes it what the server showed plus what the LB's live meetings
+  hold plus recent claims (``{prefix}:voice-servers`` lists the servers having one);
 - ``{prefix}:changes``: pub/sub; a meeting created or ended, servers or integrations changed by an
   operator: every process drops what it cached about it at once.
 """
@@ -39,8 +42,11 @@ log = logging.getLogger("bbb_lb.cluster")
 LEASE_S = 5.0  # a dead poller is replaced within this
 HEARTBEAT_TTL_S = 10.0  # a process missing for this long leaves the dashboard
 CREATE_LOCK_S = 30.0  # longer than a create with failover takes; a dead holder frees it after this
-PLACED_WINDOW_S = 60.0
-STOP_S = 2.0  # the longest a stop waits for one of these tasks  # a create no poll has seen counts in placement at most this long
+PLACED_WINDOW_S = 60.0  # a create no poll has seen counts in placement at most this long
+STOP_S = 2.0  # the longest a stop waits for one step that needs Redis (a task to end, a command)
+REDIS_STOP_S = 6.0  # ...and for all of them: with the 10 s drain, within the unit's TimeoutStopSec=20
+LAST_STEP_S = 0.1  # a step once that is spent
+VOICE_CLAIM_GRACE_S = CREATE_LOCK_S  # a claimed voice bridge no poll shows yet is kept this long
 
 # Renew the lease only if this process still holds it (never extend another's).
 _RENEW = """
@@ -56,6 +62,32 @@ return 0
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# One server's voice bridges follow reality. KEYS: its sorted set (bridge -> claimed at, 0 for a bridge
+# only a poll saw), the set of servers having one, the set of older versions. ARGV: the server, the grace
+# cutoff, then every bridge in use. Those stay (added if missing); any other goes unless claimed after the
+# cutoff. An emptied set is gone, and the server leaves the list. Answers how many were removed.
+_PRUNE_BRIDGES = """
+local keep = {}
+for i = 3, #ARGV do
+  keep[ARGV[i]] = true
+  redis.call('ZADD', KEYS[1], 'NX', 0, ARGV[i])
+end
+local removed = 0
+for _, bridge in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2])) do
+  if not keep[bridge] then
+    redis.call('ZREM', KEYS[1], bridge)
+    removed = removed + 1
+  end
+end
+redis.call('DEL', KEYS[3])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SADD', KEYS[2], ARGV[1])
+else
+  redis.call('SREM', KEYS[2], ARGV[1])
+end
+return removed
 """
 
 # Pick-and-increment in one step. KEYS: the placed set of each candidate, in the caller's order.
@@ -77,12 +109,24 @@ return best
 """
 
 
-async def stop_task(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and give it ``STOP_S`` to end: a stop never hangs on a Redis client's cleanup."""
+class StopBudget:
+    """What a stop may still spend waiting on Redis: each step at most ``STOP_S`` and never more than is left
+    of ``REDIS_STOP_S`` for them all, so the whole is bounded however many steps there are (a step past the
+    budget still gets ``LAST_STEP_S``: a Redis that answers is not skipped)."""
+
+    def __init__(self, seconds: float = REDIS_STOP_S) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def step(self, most: float = STOP_S) -> float:
+        return max(LAST_STEP_S, min(most, self.deadline - time.monotonic()))
+
+
+async def stop_task(task: asyncio.Task[None], within: float = STOP_S) -> None:
+    """Cancel ``task`` and give it ``within`` to end: a stop never hangs on a Redis client's cleanup."""
     task.cancel()
-    done, _ = await asyncio.wait({task}, timeout=STOP_S)
+    done, _ = await asyncio.wait({task}, timeout=within)
     if not done:
-        log.warning("%s did not stop within %.0f s; left behind", task.get_name(), STOP_S)
+        log.warning("%s did not stop within %.1f s; left behind", task.get_name(), within)
 
 
 def new_node_id() -> str:
@@ -113,6 +157,7 @@ class Cluster:
         self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
         self._place = self.redis.register_script(_PLACE)
+        self._prune_bridges = self.redis.register_script(_PRUNE_BRIDGES)
         self._listener: asyncio.Task[None] | None = None
         self.on_change: Callable[[str, str], Awaitable[None]] | None = None
         self.changes_seen = 0
@@ -252,23 +297,35 @@ class Cluster:
     # --- voice bridges in use --------------------------------------------------------------------
 
     async def claim_voice_bridge(self, server: str, bridge: str) -> bool:
-        """True when no process has this bridge in use on ``server``; it is then this create's."""
-        return bool(await self._call(self.redis.sadd(self.store.key("bridges", server), bridge)))
+        """True when no process has this bridge in use on ``server``; it is then this create's (claimed now)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zadd(self.store.key("voice", server), {bridge: time.time()}, nx=True)
+        pipe.sadd(self.store.key("voice-servers"), server)
+        added, _ = await self._call(pipe.execute())
+        return bool(added)
 
     async def release_voice_bridge(self, server: str, bridge: str) -> None:
         with contextlib.suppress(StoreUnavailable):
-            await self._call(self.redis.srem(self.store.key("bridges", server), bridge))
+            await self._call(self.redis.zrem(self.store.key("voice", server), bridge))
 
     async def voice_bridges(self, server: str) -> set[str]:
-        return set(await self._call(self.redis.smembers(self.store.key("bridges", server))))
+        return set(await self._call(self.redis.zrange(self.store.key("voice", server), 0, -1)))
 
-    async def note_voice_bridges(self, server: str, in_use: set[str]) -> None:
-        """Bridges a poll saw in use (meetings not created through the LB too) are nobody else's.
+    async def note_voice_bridges(self, server: str, in_use: set[str]) -> int:
+        """After a poll of ``server``: its set becomes ``in_use`` (what the poll saw, meetings not created
+        through the LB too, and what the LB's own live meetings there hold) plus the claims of the last
+        ``VOICE_CLAIM_GRACE_S`` (a create still under way is in no listing yet). One script: a claim made
+        meanwhile is never lost. Answers how many bridges were freed."""
+        return int(await self._call(self._prune_bridges(
+            keys=[self.store.key("voice", server), self.store.key("voice-servers"), self.store.key("bridges", server)],
+            args=[server, time.time() - VOICE_CLAIM_GRACE_S, *sorted(in_use)])))
 
-        Only added, never removed here: a bridge claimed by a create still under way is not in any
-        listing yet. The LB's own meetings give theirs back when they end."""
-        if in_use:
-            await self._call(self.redis.sadd(self.store.key("bridges", server), *in_use))
+    async def forget_voice_bridges(self, known: set[str]) -> None:
+        """Servers no longer in the pool: their sets go (a claim of the last moments excepted, until its grace
+        ends: a server added on another process may not have reached this one yet)."""
+        names = set(await self._call(self.redis.smembers(self.store.key("voice-servers"))))
+        for server in sorted(names - known):
+            await self.note_voice_bridges(server, set())
 
     # --- changes: every process drops its caches at once ---------------------------------------------
 
@@ -318,10 +375,19 @@ class Cluster:
         except Exception:
             log.exception("change %s %s not applied", kind, subject)
 
-    async def stop(self) -> None:
+    async def stop(self, budget: StopBudget | None = None) -> None:
+        """The listener, then this node's entry and lease, within ``budget`` whatever Redis does (the per-call
+        store timeout may be longer than a stop can wait)."""
+        budget = budget or StopBudget()
         if self._listener is not None:
-            await stop_task(self._listener)
-        await self.leave()
+            await stop_task(self._listener, budget.step())
+        within = budget.step()
+        try:
+            async with asyncio.timeout(within):
+                await self.leave()
+        except TimeoutError:
+            log.warning("Redis did not answer within %.1f s: this node's entry expires by itself", within)
+            self.leader = False
 
 
 def apply_view(server: Server, view: dict[str, Any], monitor: Any, balancer: Any) -> None:
@@ -378,7 +444,10 @@ class SharedPoller:
             await self.cluster.publish_pool(servers)
             for server in servers:
                 await self.cluster.unplace(server.name, list(server.meetings))
-                await self.cluster.note_voice_bridges(server.name, server.voice_bridges)
+                if server.consecutive_failures == 0:  # a server not answering keeps its bridges as they were
+                    held = {r.voice_bridge for r in self.monitor.meetings.on_server(server.name) if r.voice_bridge}
+                    await self.cluster.note_voice_bridges(server.name, server.voice_bridges | held)
+            await self.cluster.forget_voice_bridges({server.name for server in servers})
             return
         view = await self.cluster.read_pool()
         if view is None:
@@ -391,6 +460,6 @@ class SharedPoller:
                     self.after_view(server)
         self.views_applied += 1
 
-    async def stop(self) -> None:
+    async def stop(self, budget: StopBudget | None = None) -> None:
         if self._beat_task is not None:
-            await stop_task(self._beat_task)
+            await stop_task(self._beat_task, (budget or StopBudget()).step())

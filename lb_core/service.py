@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 from lb_core.backend import BackendClient
 from lb_core.callbacks import Callbacks
 from lb_core.change_relay import ChangeRelay
-from lb_core.cluster import Cluster, SharedPoller
+from lb_core.cluster import Cluster, SharedPoller, StopBudget
 from lb_core.config import Config
 from lb_core.controls_integrations import IntegrationControls
 from lb_core.controls_rules import RuleControls, load_global_rules
@@ -205,17 +206,30 @@ class LoadBalancer:
         task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
+        """Every part stopped in turn. On Redis the steps that wait on it share one ``StopBudget``
+        (``cluster.REDIS_STOP_S``), so a Redis that stops answering never holds a stop past the service's stop
+        timeout (``addons.runner.STOP_DEADLINE_S``)."""
+        budget = StopBudget()
         if self.shared_poller is not None:
-            await self.shared_poller.stop()
+            await self.shared_poller.stop(budget)
         if self.cluster is not None:
-            await self.cluster.stop()
+            await self.cluster.stop(budget)
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            within = budget.step()
+            _, left = await asyncio.wait(set(self._tasks), timeout=within)
+            if left:
+                log.warning("%d background tasks did not stop within %.1f s; left behind", len(left), within)
         if self.locator is not None:
             self.locator.close()
-        if self.monitor is not None:
-            await self.monitor.stop()
+        if self.monitor is not None:  # its rounds talk to Redis: bounded like the other steps
+            within = budget.step()
+            try:
+                async with asyncio.timeout(within):
+                    await self.monitor.stop()
+            except TimeoutError:
+                log.warning("the poll loop did not stop within %.1f s; left behind", within)
         if self.recording_sync is not None:
             await self.recording_sync.stop()
         if self.recording_imports is not None:
@@ -224,8 +238,19 @@ class LoadBalancer:
             await self.deliveries.close()
         if self.backend is not None:
             await self.backend.close()
-        await self.events.close()
-        await self.store.close()
+        if self.cluster is None:
+            await self.events.close()  # local writes: they finish
+        else:
+            within = budget.step()
+            try:
+                async with asyncio.timeout(within):
+                    await self.events.close()
+            except TimeoutError:
+                log.warning("event index writes to Redis unfinished after %.1f s; given up", within)
+        if isinstance(self.store, RedisStore):
+            await self.store.close(within=budget.step(budget.deadline - time.monotonic()))
+        else:
+            await self.store.close()
         log.info("bbb-lb stopped")
 
     def note_own_listener(self, port: int) -> None:

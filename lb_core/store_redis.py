@@ -69,6 +69,7 @@ class RedisStore(Store):
 
     MAX_QUEUED_EVENTS = 100_000  # kept while Redis is away; beyond this the oldest are dropped (and counted)
     RETRY_AFTER_S = 0.5  # between event writes while Redis is away
+    CLOSE_S = 2.0  # the longest a close waits for Redis, per step (the last flush, closing the connections)
 
     def __init__(self, url: str, prefix: str = "bbb-lb", *, timeout_s: float = 2.0,
                  connect_timeout_s: float | None = None, max_connections: int = 64) -> None:
@@ -115,12 +116,22 @@ class RedisStore(Store):
         return self.key("e", partition)
 
     async def _call(self, work: Awaitable[T]) -> T:
-        """Run one Redis round trip within ``timeout_s``; any Redis failure becomes ``StoreUnavailable``."""
+        """Run one Redis round trip within ``timeout_s``; any Redis failure becomes ``StoreUnavailable``.
+
+        A task cancelled during the call ends with ``CancelledError`` even when the client dropped it:
+        redis-py sends each command under ``asyncio.wait_for``, which on Python 3.11 loses a cancel that lands
+        as the send completes (CPython gh-86296, fixed in 3.12). The task then went on as if never asked to
+        stop: a stopping LB waited forever for its poll loop to end."""
+        task = asyncio.current_task()
+        asked = task.cancelling() if task is not None else 0
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await work
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"Redis at {self.safe_url} is not available: {_reason(exc)}") from None
+        finally:
+            if task is not None and task.cancelling() > asked:
+                raise asyncio.CancelledError
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -157,21 +168,31 @@ class RedisStore(Store):
                                 "set noeviction")
         return warnings
 
-    async def close(self) -> None:
+    async def close(self, within: float | None = None) -> None:
+        """Write the queued events and close the connections, whatever Redis does: each step ``CLOSE_S`` at
+        most and all of them ``within`` (a stop must end within the service's stop timeout, and the per-call
+        ``timeout_s`` may be longer)."""
         if self._closed:
             return
-        with contextlib.suppress(StoreError):
-            await self.flush()
+        deadline = time.monotonic() + (within if within is not None else 3 * self.CLOSE_S)
+
+        def step() -> float:
+            return max(0.1, min(self.timeout_s, self.CLOSE_S, deadline - time.monotonic()))
+
+        if self._event_writer is not None:  # first, so the last flush never waits for the writer's lock
+            self._event_writer.cancel()  # a batch it was writing goes back to the queue
+            await asyncio.wait({self._event_writer}, timeout=step())
+        try:
+            async with asyncio.timeout(step()):
+                await self.flush()
+        except (StoreError, TimeoutError):
+            pass
         self._closed = True
-        if self._event_writer is not None:
-            self._event_writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._event_writer
         if self._pending_events:
             log.error("store closed with %d events not written (Redis at %s unavailable)",
                       len(self._pending_events), self.safe_url)
         with contextlib.suppress(Exception):
-            await self.redis.aclose()
+            await asyncio.wait_for(self.redis.aclose(), step())
 
     def _writable(self) -> None:
         if self._closed:
