@@ -70,7 +70,7 @@ class Monitor:
         self._semaphore = asyncio.Semaphore(config.monitor.concurrency)
         self._wake = asyncio.Event()
         # What one round does: poll every server; several processes sharing the pool replace it
-        # (cluster.SharedPoller: one polls, the others read its view).
+        # (shared_poller.SharedPoller: one polls, the others read its view).
         self.round: Callable[[], Awaitable[None]] = self.poll_all
 
     def start(self) -> None:

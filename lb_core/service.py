@@ -19,7 +19,7 @@ from typing import Any
 from lb_core.backend import BackendClient
 from lb_core.callbacks import Callbacks
 from lb_core.change_relay import ChangeRelay
-from lb_core.cluster import Cluster, SharedPoller, StopBudget
+from lb_core.cluster import Cluster, StopBudget
 from lb_core.config import Config
 from lb_core.controls_integrations import IntegrationControls
 from lb_core.controls_rules import RuleControls, load_global_rules
@@ -46,6 +46,7 @@ from lb_core.recording_imports import RecordingImports
 from lb_core.recording_index import RecordingIndex
 from lb_core.recording_service import Recordings
 from lb_core.recording_sync import RecordingSync
+from lb_core.shared_poller import SharedPoller
 from lb_core.store import Store, make_store
 from lb_core.store_memory import MemoryStore
 from lb_core.store_redis import RedisStore

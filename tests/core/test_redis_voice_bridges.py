@@ -15,7 +15,8 @@ import pytest
 
 from lb_core import checksum
 from lb_core import cluster as cluster_module
-from lb_core.cluster import Cluster, SharedPoller
+from lb_core.cluster import Cluster
+from lb_core.shared_poller import SharedPoller
 from lb_core.store_redis import RedisStore
 from tests.conftest import RedisServer
 from tests.core.conftest import CoreLB, Sim, lb_config_for
