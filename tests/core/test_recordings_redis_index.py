@@ -12,6 +12,15 @@ from tests.conftest import RedisServer
 from tests.core.conftest import CoreLB, Sim, lb_config_for, until
 
 
+def on_redis(tmp_path: Path, sim: Sim, redis_server: RedisServer, prefix: str):  # type: ignore[no-untyped-def]
+    """A config whose processes share one Redis prefix."""
+    return lb_config_for(tmp_path, sim.servers[:2], store={"backend": "redis", "url": redis_server.url, "prefix": prefix})
+
+
+def redis_store(redis_server: RedisServer, prefix: str):  # type: ignore[no-untyped-def]
+    return lambda: RedisStore(redis_server.url, prefix)
+
+
 def ids(reply) -> list[str]:  # type: ignore[no-untyped-def]
     return [r.findtext("recordID") for r in reply.xml().iterfind("recordings/recording")]
 
@@ -19,10 +28,9 @@ def ids(reply) -> list[str]:  # type: ignore[no-untyped-def]
 async def test_the_sync_and_the_purge_of_one_process_reach_the_other(tmp_path: Path, sim: Sim,
                                                                      redis_server: RedisServer,
                                                                      redis_prefix: str) -> None:
-    config = lb_config_for(tmp_path, sim.servers[:2],
-                           store={"backend": "redis", "url": redis_server.url, "prefix": redis_prefix})
-    a = await CoreLB(config, lambda: RedisStore(redis_server.url, redis_prefix)).start()
-    b = await CoreLB(config, lambda: RedisStore(redis_server.url, redis_prefix)).start()
+    config = on_redis(tmp_path, sim, redis_server, redis_prefix)
+    a = await CoreLB(config, redis_store(redis_server, redis_prefix)).start()
+    b = await CoreLB(config, redis_store(redis_server, redis_prefix)).start()
     try:
         sim.add_recording("bbb1", "room", "rec-synced")
         await a.lb.recording_sync.sync_all()  # a is the one that reads the servers
@@ -46,9 +54,8 @@ async def test_a_process_that_missed_notices_reads_the_whole_index_again(tmp_pat
                                                                           redis_server: RedisServer,
                                                                           redis_prefix: str) -> None:
     """Notices sent while a process was cut off from Redis are lost: on resubscribing (``all``) it reloads."""
-    config = lb_config_for(tmp_path, sim.servers[:2],
-                           store={"backend": "redis", "url": redis_server.url, "prefix": redis_prefix})
-    a = await CoreLB(config, lambda: RedisStore(redis_server.url, redis_prefix)).start()
+    config = on_redis(tmp_path, sim, redis_server, redis_prefix)
+    a = await CoreLB(config, redis_store(redis_server, redis_prefix)).start()
     try:
         index = a.lb.recordings.index
         await a.lb.store.put("recordings", "rec-quiet", {"record_id": "rec-quiet", "integration": "default",
