@@ -130,11 +130,14 @@ def _num(value: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the chosen action against the admin listener: 1 on its error, 130 when interrupted (--watch)."""
     try:
         args.action_handler(args, client_for(args))
     except CliError as exc:
         print(f"bbb-lb: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

@@ -15,13 +15,12 @@ import argparse
 import contextlib
 import json
 import os
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from addons.cli_admin import AdminClient, CliError, _connection_options, _name, client_for, table
+from addons.cli_admin import AdminClient, CliError, _connection_options, _name, run, table
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 # An archive still being written into the spool is left for the next round.
@@ -149,15 +148,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--keep", action="store_true", help="leave archives where they are after importing")
     p.set_defaults(action_handler=recordings_import)
     for parser in (recordings, *actions.choices.values()):
-        parser.set_defaults(handler=_run)
+        parser.set_defaults(handler=run)
 
-
-def _run(args: argparse.Namespace) -> int:
-    try:
-        args.action_handler(args, client_for(args))
-    except CliError as exc:
-        print(f"bbb-lb: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
