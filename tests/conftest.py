@@ -436,3 +436,21 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()
+
+
+def raw_upload(lb: LB, headers: dict[str, str], body: bytes, *, send_only: int | None = None,
+               timeout: float = 10) -> bytes:
+    """An upload over a plain socket, so a client can also stop sending half-way (a truncated upload)."""
+    host, port = "127.0.0.1", lb.port
+    with socket.create_connection((host, port), timeout=timeout) as conn:
+        head = "POST /bigbluebutton/lb/recordings HTTP/1.1\r\nHost: lb\r\n" + "".join(
+            f"{k}: {v}\r\n" for k, v in headers.items()) + f"Content-Length: {len(body)}\r\n\r\n"
+        conn.sendall(head.encode() + body[:send_only])
+        if send_only is not None:
+            return b""  # hang up mid-body
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+            if b"</response>" in data:
+                break
+        return data

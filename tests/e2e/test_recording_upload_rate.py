@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import tarfile
 import threading
 import time
@@ -15,7 +14,7 @@ from typing import Any
 import jwt
 import pytest
 
-from tests.conftest import LB, Simulator, make_lb, start_simulator_for
+from tests.conftest import LB, Simulator, make_lb, raw_upload, start_simulator_for
 
 RATE = 1024 * 1024  # bytes/s
 
@@ -39,18 +38,6 @@ def slow_lb(tmp_path: Path, publishing_sim: Simulator) -> Any:
     lb.stop()
 
 
-def upload(lb: LB, body: bytes, token: str) -> bytes:
-    with socket.create_connection(("127.0.0.1", lb.port), timeout=30) as conn:
-        conn.sendall(b"POST /bigbluebutton/lb/recordings HTTP/1.1\r\nHost: lb\r\nAuthorization: Bearer "
-                     + token.encode() + f"\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
-        data = b""
-        while chunk := conn.recv(65536):
-            data += chunk
-            if b"</response>" in data:
-                break
-        return data
-
-
 def test_an_upload_is_read_at_the_rate_limit_while_the_api_answers(slow_lb: LB, publishing_sim: Simulator,
                                                                    tmp_path: Path) -> None:
     publishing_sim.control("/servers/bbb1/recordings", {"meetingID": "m", "recordID": "rec-slow"})
@@ -62,7 +49,7 @@ def test_an_upload_is_read_at_the_rate_limit_while_the_api_answers(slow_lb: LB, 
     token = jwt.encode({"sub": "bbb1", "exp": int(time.time()) + 300}, "secret-1", algorithm="HS256")
     answers: list[bytes] = []
     started = time.monotonic()
-    sender = threading.Thread(target=lambda: answers.append(upload(slow_lb, buffer.getvalue(), token)))
+    sender = threading.Thread(target=lambda: answers.append(raw_upload(slow_lb, {"Authorization": f"Bearer {token}"}, buffer.getvalue(), timeout=30)))
     sender.start()
     slowest = 0.0
     while sender.is_alive() and time.monotonic() - started < 30:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import jwt
 import pytest
 
-from tests.conftest import LB, REPO, Simulator, http, make_lb, start_simulator_for, wait_for
+from tests.conftest import LB, REPO, Simulator, http, make_lb, raw_upload, start_simulator_for, wait_for
 
 TOKEN = "r" * 24
 
@@ -120,23 +120,6 @@ def test_a_synced_recording_stays_listed_while_its_server_is_down(rec_lb: LB, pu
         assert record_ids(lb, meetingID="seminar") == ["rec-sync-1"]
     finally:
         publishing_sim.fault("bbb2", "ok")
-
-
-def raw_upload(lb: LB, headers: dict[str, str], body: bytes, *, send_only: int | None = None) -> bytes:
-    """An upload over a plain socket, so a client can also stop sending half-way (a truncated upload)."""
-    host, port = "127.0.0.1", lb.port
-    with socket.create_connection((host, port), timeout=10) as conn:
-        head = "POST /bigbluebutton/lb/recordings HTTP/1.1\r\nHost: lb\r\n" + "".join(
-            f"{k}: {v}\r\n" for k, v in headers.items()) + f"Content-Length: {len(body)}\r\n\r\n"
-        conn.sendall(head.encode() + body[:send_only])
-        if send_only is not None:
-            return b""  # hang up mid-body
-        data = b""
-        while chunk := conn.recv(65536):
-            data += chunk
-            if b"</response>" in data:
-                break
-        return data
 
 
 def test_hostile_uploads_are_refused_and_leave_nothing(rec_lb: LB, publishing_sim: Simulator, tmp_path: Path) -> None:
