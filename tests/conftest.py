@@ -14,7 +14,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from urllib.parse import urlencode
 import pytest
 import redis
 import yaml
+from aiohttp import web
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -454,3 +456,16 @@ def raw_upload(lb: LB, headers: dict[str, str], body: bytes, *, send_only: int |
             if b"</response>" in data:
                 break
         return data
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[int]:
+    """Serve ``app`` on a loopback port the kernel picks (port 0); yields that port."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()

@@ -13,6 +13,7 @@ import pytest
 
 from lb_core.recording_docs import Query
 from lb_core.recording_index import DAY_MS
+from tests.conftest import serving
 from tests.core.conftest import PUBLIC_URL
 
 
@@ -290,12 +291,7 @@ async def test_recording_ready_fires_after_the_import_signed_for_the_integration
 
     app = web.Application()
     app.router.add_post("/ready", ready)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serving(app) as port:
         lb = recording_lb
         for server in sim.cluster:
             server.spec.recording_ready_delay = 3600  # BBB's own callback comes late: the import's is first
@@ -311,8 +307,6 @@ async def test_recording_ready_fires_after_the_import_signed_for_the_integration
         await until(lambda: received, what="the recording-ready callback")
         payload = jwt.decode(received[0], lb.secret, algorithms=["HS256"])
         assert payload == {"meeting_id": "room", "record_id": internal}
-    finally:
-        await runner.cleanup()
 
 
 async def test_the_sync_pages_through_a_large_server_and_stops_when_pagination_is_ignored(lb, sim, monkeypatch):

@@ -18,7 +18,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from lb_core.config import ConfigError, parse
 from lb_core.config_sections import CallbacksConfig
 from lb_core.outbound import OutboundClient, TargetPolicy, TargetRefused
-from tests.conftest import LB, wait_for
+from tests.conftest import LB, serving, wait_for
 
 LOOPBACK = ["127.0.0.0/8"]
 LOOPBACK_TUPLE = ("127.0.0.0/8",)
@@ -207,19 +207,14 @@ async def test_a_huge_answer_is_not_read_past_max_response_bytes():
 
     app = web.Application()
     app.router.add_get("/", endless)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    outbound = client(LOOPBACK_TUPLE, timeout_s=5.0, max_response_bytes=1024)
-    try:
-        started = time.monotonic()
-        assert await outbound.send(f"http://127.0.0.1:{port}/") == 200
-        assert time.monotonic() - started < 2
-    finally:
-        await outbound.close()
-        await runner.cleanup()
+    async with serving(app) as port:
+        outbound = client(LOOPBACK_TUPLE, timeout_s=5.0, max_response_bytes=1024)
+        try:
+            started = time.monotonic()
+            assert await outbound.send(f"http://127.0.0.1:{port}/") == 200
+            assert time.monotonic() - started < 2
+        finally:
+            await outbound.close()
 
 
 def test_the_policy_in_short():

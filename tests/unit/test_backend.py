@@ -6,6 +6,7 @@ from aiohttp import web
 from lb_core import checksum
 from lb_core.backend import BackendClient, BackendError
 from lb_core.config_sections import ServerConfig
+from tests.conftest import serving
 
 
 @pytest.fixture
@@ -19,13 +20,8 @@ async def server(unused_tcp_port_factory=None):  # type: ignore[no-untyped-def]
 
     app = web.Application()
     app.router.add_get("/bigbluebutton/api/{call}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield ServerConfig(name="s", url=f"http://127.0.0.1:{port}/bigbluebutton/", secret="sec", checksum="sha1"), seen
-    await runner.cleanup()
+    async with serving(app) as port:
+        yield ServerConfig(name="s", url=f"http://127.0.0.1:{port}/bigbluebutton/", secret="sec", checksum="sha1"), seen
 
 
 async def test_large_answers_arrive_whole_and_oversized_ones_are_refused(server):
