@@ -38,15 +38,19 @@ CHROMIUM = next((path for name in ("chromium", "chromium-browser", "google-chrom
                  if (path := shutil.which(name))), None)
 
 
-def require_chromium() -> str:
-    """The Chromium binary. Without one a browser test is skipped, but fails where ``CI`` is set:
-    a CI run that silently skipped the browser would report green for a page nobody loaded."""
-    if CHROMIUM is None:
-        message = "no chromium binary (apt-get install chromium)"
+def required_tool(path: str | None, what: str, package: str) -> str:
+    """A program the tests need: without it a test is skipped on a developer's machine, but fails where
+    ``CI`` is set (a CI run that silently skipped would report green for what nobody ran)."""
+    if path is None:
+        message = f"no {what} binary (apt-get install {package})"
         if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI is set, so the browser tests must run", pytrace=False)
+            pytest.fail(f"{message}; CI is set, so the tests that need it must run", pytrace=False)
         pytest.skip(message)
-    return CHROMIUM
+    return path
+
+
+def require_chromium() -> str:
+    return required_tool(CHROMIUM, "chromium", "chromium")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -292,13 +296,7 @@ REDIS_SERVER = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.pa
 
 
 def require_redis() -> str:
-    """The redis-server binary: skipped without one, but failing where ``CI`` is set (scripts/test installs it)."""
-    if REDIS_SERVER is None:
-        message = "no redis-server binary (apt-get install redis-server)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI is set, so the Redis tests must run", pytrace=False)
-        pytest.skip(message)
-    return REDIS_SERVER
+    return required_tool(REDIS_SERVER, "redis-server", "redis-server")  # scripts/test installs it
 
 
 class RedisServer:
